@@ -1,0 +1,180 @@
+"""The `hotswap` command line: start, upgrade, status, stop, reload.
+
+Every operator mistake ends as one line on stderr and exit status 1; a traceback
+means a bug in hotswap, never a mistake of the user's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from pidfiles import Pidfile, PidfileError, procs
+from upgrade.orchestrator import run_upgrade
+
+from . import __version__
+from .errors import StartupError
+from .status import describe_masters
+
+_PIDFILE = click.option("--pidfile", "-p", required=True, type=click.Path(dir_okay=False),
+                        help="The pidfile the master was started with.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hotswap")
+def main() -> None:
+    """A prefork HTTP/WSGI server whose live upgrade never drops a request."""
+
+
+@main.command()
+@click.argument("app", required=False)
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML file; flags win.")
+@click.option("--bind", "-b", multiple=True,
+              help="host:port, [v6]:port, unix:/path or fd://N; repeatable. [127.0.0.1:8000]")
+@click.option("--workers", "-w", type=int, help="Worker processes. [CPU count]")
+@click.option("--threads", type=int, help="Threads per worker. [1]")
+@click.option("--timeout", "-t", type=float, help="Kill a worker silent this long (s). [30]")
+@click.option("--graceful-timeout", type=float, help="Time to finish requests on stop (s). [30]")
+@click.option("--keepalive", type=float, help="Idle keep-alive seconds; 0 disables. [5]")
+@click.option("--max-requests", type=int, help="Recycle a worker after N requests. [0: never]")
+@click.option("--max-requests-jitter", type=int, help="Random extra requests per worker. [0]")
+@click.option("--pidfile", "-p", type=click.Path(dir_okay=False), help="Write the master pid here.")
+@click.option("--daemon", "-D", is_flag=True, default=None, help="Detach from the terminal.")
+@click.option("--chdir", type=click.Path(file_okay=False), help="Change to this folder first.")
+@click.option("--preload", is_flag=True, default=None, help="Load the app in the master.")
+@click.option("--access-log", help="Access log file, '-' for stdout. [off]")
+@click.option("--error-log", help="Error log file, '-' for stderr. [-]")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"],
+                                               case_sensitive=False), help="[info]")
+@click.option("--name", "-n", help="Shown in process titles: hotswap: master [NAME].")
+@click.option("--limit-request-line", type=int, help="Longest request line. [4094]")
+@click.option("--limit-request-fields", type=int, help="Most header fields. [100]")
+@click.option("--limit-request-field-size", type=int, help="Largest header field. [8190]")
+@click.option("--forwarded-allow-ips", help="Comma-separated proxies trusted for X-Forwarded-*, "
+                                            "or '*'. [127.0.0.1,::1]")
+@click.option("--backlog", type=int, help="Listen queue length. [2048]")
+@click.option("--upgrade-timeout", type=float,
+              help="A new master not ready within this is stopped (s). [60]")
+def start(**params: Any) -> None:
+    """Serve APP (module:callable; the built-in demo app when omitted)."""
+    ctx = click.get_current_context()
+    flags = {name: value for name, value in params.items()
+             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    if "forwarded_allow_ips" in flags:
+        flags["forwarded_allow_ips"] = [v.strip() for v in flags["forwarded_allow_ips"].split(",")]
+    if "bind" in flags:
+        flags["bind"] = list(flags["bind"])
+    if params.get("app"):
+        flags["app"] = params["app"]
+    from .server import serve  # keeps `hotswap status` and friends light
+
+    try:
+        code = serve(flags)
+    except StartupError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+@main.command()
+@_PIDFILE
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Deadline for each step (s).")
+@click.option("--health-url", help="Must answer 2xx once the new master is ready.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+def upgrade(pidfile: str, timeout: float, health_url: str | None, as_json: bool,
+            quiet: bool) -> None:
+    """Live upgrade: USR2, wait ready, WINCH, drain, QUIT; roll back on any failure."""
+    if timeout <= 0:
+        _fail("--timeout must be positive")
+
+    def step(message: str) -> None:
+        if not quiet:
+            click.echo(f"hotswap upgrade: {message}", err=True)
+
+    report = run_upgrade(pidfile, timeout=timeout, health_url=health_url, on_step=step)
+    click.echo(report.as_json() if as_json else report.line())
+    sys.exit(0 if report.outcome == "upgraded" else 1)
+
+
+@main.command()
+@_PIDFILE
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(pidfile: str, as_json: bool) -> None:
+    """Show the running generation(s): pids, workers, generation, start time, upgrade state."""
+    masters, upgrading = describe_masters(Pidfile(pidfile))
+    if as_json:
+        click.echo(json.dumps({"masters": masters, "upgrade_in_progress": upgrading}, indent=2))
+    else:
+        if not masters:
+            click.echo(f"not running (pidfile {os.path.abspath(pidfile)})")
+        for m in masters:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["started"])) \
+                if m["started"] else "?"
+            click.echo(f"{m['role']}: master {m['pid']}, generation {m['generation'] or '?'}, "
+                       f"{len(m['workers'])} worker(s) {m['workers']}, started {started}")
+        if upgrading:
+            click.echo("upgrade in progress")
+    sys.exit(0 if masters else 3)
+
+
+@main.command()
+@_PIDFILE
+@click.option("--fast", is_flag=True, help="QUIT instead of TERM: do not wait for requests.")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+def stop(pidfile: str, fast: bool, timeout: float) -> None:
+    """Stop the master(s) named by PIDFILE and PIDFILE.oldbin, and wait until they are gone."""
+    pf = Pidfile(pidfile)
+    pids = [pid for pid in (_read(pf.read), _read(pf.read_oldbin))
+            if pid is not None and procs.is_hotswap_master(pid)]
+    if not pids:
+        _fail(f"no running master found through {pf.path}")
+    for pid in dict.fromkeys(pids):
+        _kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(procs.is_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            _fail(f"master(s) {pids} still running after {timeout:g} s")
+        time.sleep(0.05)
+    click.echo(f"stopped {', '.join(map(str, dict.fromkeys(pids)))}")
+
+
+@main.command()
+@_PIDFILE
+def reload(pidfile: str) -> None:
+    """HUP: re-read the configuration and replace the workers gracefully."""
+    pf = Pidfile(pidfile)
+    pid = _read(pf.read)
+    if pid is None or not procs.is_hotswap_master(pid):
+        _fail(f"no running master found through {pf.path}")
+    _kill(pid, signal.SIGHUP)
+    click.echo(f"sent HUP to {pid}")
+
+
+def _read(reader: Any) -> int | None:
+    try:
+        return reader()
+    except PidfileError as exc:
+        _fail(str(exc))
+    return None
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        _fail(f"not allowed to signal process {pid}")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"hotswap: error: {message}", err=True)
+    sys.exit(1)

@@ -1,0 +1,154 @@
+"""Response heads and body framing, without any I/O.
+
+The app's status and headers are checked here before a single byte is sent, so a bad
+header (a CR/LF in a value is a response-splitting attack) becomes a clean 500 instead of
+a corrupt stream. Framing (Content-Length, chunked, or close-delimited) is decided once,
+from what the app declared and what the client speaks.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+
+SERVER = "hotswap"
+
+_STATUS = re.compile(r"[1-9][0-9]{2}( [^\x00-\x08\x0a-\x1f\x7f]*)?")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HOP_BY_HOP = frozenset(
+    ("keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+     "transfer-encoding", "upgrade")
+)
+_REASONS = {
+    100: "Continue", 200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
+    413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 503: "Service Unavailable",
+}
+
+
+class BadResponse(Exception):
+    """The app broke the WSGI contract; the request gets a 500 instead."""
+
+
+@dataclass
+class Head:
+    """A checked response head, and how its body will be framed."""
+
+    status: str
+    code: int
+    headers: list[tuple[str, str]]
+    content_length: int | None
+    close: bool = False
+    chunked: bool = False
+
+    @property
+    def bodiless(self) -> bool:
+        """1xx, 204 and 304 never carry a body, whatever the app yields."""
+        return self.code < 200 or self.code in (204, 304)
+
+
+def check_head(status: object, headers: object) -> Head:
+    """Validate what the app passed to start_response (PEP 3333 types, RFC 9110 syntax)."""
+    if type(status) is not str:
+        raise BadResponse(f"status must be a str, got {type(status).__name__}")
+    if not _STATUS.fullmatch(status):
+        raise BadResponse(f"malformed status {status!r}")
+    if type(headers) is not list:
+        raise BadResponse(f"response headers must be a list, got {type(headers).__name__}")
+    checked: list[tuple[str, str]] = []
+    content_length = None
+    close = False
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise BadResponse(f"response header {item!r} is not a (name, value) tuple")
+        name, value = item
+        if type(name) is not str or not _TOKEN.fullmatch(name):
+            raise BadResponse(f"malformed response header name {name!r}")
+        if type(value) is not str or _BAD_VALUE.search(value):
+            raise BadResponse(f"malformed value for response header {name!r}")
+        lname = name.lower()
+        if lname == "connection":
+            close = close or "close" in value.lower()
+            continue
+        if lname in _HOP_BY_HOP:
+            raise BadResponse(f"hop-by-hop header {name!r} is the server's to send")
+        if lname == "content-length":
+            if not value.strip().isdigit():
+                raise BadResponse(f"malformed Content-Length {value!r}")
+            content_length = int(value)
+        checked.append((name, value))
+    try:
+        status.encode("latin-1")
+        for _name, value in checked:
+            value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise BadResponse("response status and headers must be latin-1") from None
+    return Head(status, int(status[:3]), checked, content_length, close)
+
+
+class DateCache:
+    """The Date header changes once a second; formatting it per request is waste."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def get(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True)
+        return self._value
+
+
+_dates = DateCache()
+
+
+def frame(head: Head, version: str, keep_alive: bool, is_head: bool) -> None:
+    """Choose framing for the body and whether the connection survives the response."""
+    head.close = head.close or not keep_alive
+    if head.bodiless or is_head or head.content_length is not None:
+        return
+    if version == "1.1":
+        head.chunked = True
+    else:
+        head.close = True
+
+
+def serialize(head: Head) -> bytes:
+    """The bytes of the status line and header block."""
+    lines = [f"HTTP/1.1 {head.status}", f"Server: {SERVER}", f"Date: {_dates.get()}"]
+    lines.extend(f"{name}: {value}" for name, value in head.headers)
+    if head.chunked:
+        lines.append("Transfer-Encoding: chunked")
+    lines.append("Connection: close" if head.close else "Connection: keep-alive")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def error_response(code: int, message: str = "") -> bytes:
+    """A complete small response the server sends on its own (4xx/5xx), always closing."""
+    reason = _REASONS.get(code, "Error")
+    body = (message or reason).encode("latin-1", "replace") + b"\n"
+    head = [
+        f"HTTP/1.1 {code} {reason}",
+        f"Server: {SERVER}",
+        f"Date: {_dates.get()}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

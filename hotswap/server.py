@@ -1,0 +1,97 @@
+"""`hotswap start`: put a master together from configuration and environment, then run it.
+
+The order matters: everything that can fail because of operator input (config, log
+files, sockets, pidfile, app import with --preload) is done before daemonizing and
+before any worker exists, so the failure is one line on the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from listeners import Listener, close_listener
+from pidfiles import AlreadyRunning, Pidfile, PidfileError, procs
+from upgrade.reexec import original_argv, start_directory
+
+from . import config as config_mod
+from .apploader import load_app
+from .arbiter import Arbiter
+from .boot import Lineage, daemonize, open_listeners, read_lineage
+from .errors import StartupError
+from .logs import Logs, redirect_stdio
+
+
+def serve(flags: dict[str, Any]) -> int:
+    """Start a master with the options the operator gave; returns its exit status."""
+    start_dir = start_directory()  # before --chdir: the next generation starts from here
+    argv = original_argv()
+    lineage = read_lineage(os.environ)
+    try:
+        cfg = config_mod.build(flags)
+        logs = _open_logs(cfg)
+    except StartupError as exc:
+        lineage.fail(str(exc))
+        raise
+    listeners = open_listeners(cfg.bind, cfg.backlog, os.environ, lineage)
+    try:
+        pidfile = Pidfile(cfg.pidfile) if cfg.pidfile else None
+        first = lineage.parent_pid is None
+        if pidfile is not None and first:
+            _refuse_if_running(pidfile)
+        _chdir(cfg.chdir)
+        app = load_app(cfg.app) if cfg.preload else None
+        if cfg.daemon and first:
+            daemonize()
+            redirect_stdio(cfg.error_log)
+            logs.reopen()
+        if pidfile is not None and first:
+            _claim(pidfile, logs)
+    except StartupError as exc:
+        _give_up(listeners, lineage, str(exc))
+        raise
+    arbiter = Arbiter(cfg, flags, logs, listeners, lineage, pidfile, app, start_dir, argv)
+    return arbiter.run()
+
+
+def _open_logs(cfg: config_mod.Config) -> Logs:
+    try:
+        return Logs(cfg.error_log, cfg.access_log, cfg.log_level)
+    except OSError as exc:
+        raise StartupError(f"cannot open log file {exc.filename}: {exc.strerror}") from None
+
+
+def _refuse_if_running(pidfile: Pidfile) -> None:
+    try:
+        pid = pidfile.read()
+    except PidfileError as exc:
+        raise StartupError(str(exc)) from None
+    if pid is not None and pid != os.getpid() and procs.is_hotswap_master(pid):
+        raise StartupError(f"already running as pid {pid} (pidfile {pidfile.path})")
+
+
+def _claim(pidfile: Pidfile, logs: Logs) -> None:
+    try:
+        warning = pidfile.claim(os.getpid())
+    except AlreadyRunning as exc:
+        raise StartupError(str(exc)) from None
+    except PidfileError as exc:
+        raise StartupError(str(exc)) from None
+    if warning:
+        logs.error.warning("%s", warning)
+
+
+def _chdir(path: str | None) -> None:
+    if not path:
+        return
+    try:
+        os.chdir(path)
+    except OSError as exc:
+        raise StartupError(f"cannot chdir to {path}: {exc.strerror}") from None
+
+
+def _give_up(listeners: list[Listener], lineage: Lineage, reason: str) -> None:
+    """Undo our sockets; a new generation never unlinks paths its parent still serves."""
+    lineage.fail(reason)
+    for listener in listeners:
+        close_listener(listener, unlink=lineage.parent_pid is None)

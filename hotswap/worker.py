@@ -1,0 +1,385 @@
+"""A worker process: one selector loop that accepts, parks and serves connections.
+
+Idle keep-alive connections and half-received requests wait in epoll, costing no
+thread, so a hundred idle clients never starve a worker. A connection with a complete
+request head is served inline (threads=1) or on a pool of `threads` threads.
+
+The worker talks to its master over one pipe: `B` once the app is loaded (the master's
+readiness depends on it), `.` as a heartbeat at most once a second, and `E<reason>\\n`
+when the app cannot be loaded. A worker whose master is gone leaves on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from listeners import Listener
+
+from . import response as resp
+from . import wsgi
+from .apploader import load_app
+from .config import Config
+from .connection import Connection
+from .errors import StartupError
+from .forwarded import TrustedProxies
+from .logs import Logs
+from .proctitle import set_title
+from .request import HttpError, Limits
+
+BOOT_FAILED = 3  # exit status of a worker that could not load the app
+BEAT_INTERVAL = 1.0
+TICK = 1.0
+
+
+@dataclass
+class WorkerSpec:
+    """What the master hands a freshly forked worker."""
+
+    cfg: Config
+    listeners: list[Listener]
+    status_fd: int
+    master_pid: int
+    generation: int
+    logs: Logs
+    app: Callable[..., Any] | None  # preloaded in the master, or None to load here
+
+
+def run(spec: WorkerSpec) -> None:
+    """Entry point in the forked child; never returns into the master's code."""
+    code = 1
+    try:
+        code = Worker(spec).run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        spec.logs.error.exception("worker crashed")
+    finally:
+        for handler in spec.logs.error.handlers:
+            handler.flush()
+        os._exit(code)
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.cfg = spec.cfg
+        self.log = spec.logs.error
+        self.conns: dict[int, Connection] = {}
+        self.listeners = {lst.fd: lst for lst in spec.listeners}
+        self.server_names = {lst.fd: _server_address(lst) for lst in spec.listeners}
+        self.limits = Limits(self.cfg.limit_request_line, self.cfg.limit_request_fields,
+                             self.cfg.limit_request_field_size)
+        self.stop_at: float | None = None  # monotonic deadline once a graceful stop began
+        self.reopen_logs = False
+        self.last_beat = 0.0
+        self.busy = 0
+        self.accepting = False
+        self.returned: deque[tuple[Connection, bool]] = deque()
+        self.pool: ThreadPoolExecutor | None = None
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.epoll = select.epoll()
+        jitter = random.randint(0, self.cfg.max_requests_jitter) if self.cfg.max_requests else 0
+        self.max_requests = self.cfg.max_requests + jitter if self.cfg.max_requests else 0
+
+    # -- start ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        set_title("worker", self.cfg.name)
+        try:
+            app = self.spec.app or load_app(self.cfg.app)
+        except StartupError as exc:
+            self._tell(b"E" + str(exc).encode("utf-8", "replace") + b"\n")
+            return BOOT_FAILED
+        self.site = wsgi.Site(
+            app=app,
+            base_environ=self._base_environ(),
+            proxies=TrustedProxies(self.cfg.forwarded_allow_ips),
+            log_error=self.log.error,
+            log_access=self.spec.logs.access if self.spec.logs.access_enabled else None,
+        )
+        self.site.closing = self.cfg.keepalive <= 0
+        if self.cfg.threads > 1:
+            self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="hotswap")
+        self.epoll.register(self.wake_r, select.EPOLLIN)
+        self._accept_on()
+        self._tell(b"B")
+        self.last_beat = time.monotonic()
+        return self._loop()
+
+    def _base_environ(self) -> dict[str, Any]:
+        return {
+            "SCRIPT_NAME": os.environ.get("SCRIPT_NAME", ""),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": self.cfg.threads > 1,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": wsgi.FileWrapper,
+            "SERVER_SOFTWARE": resp.SERVER,
+            "hotswap.generation": self.spec.generation,
+            "hotswap.master_pid": self.spec.master_pid,
+        }
+
+    def _install_signals(self) -> None:
+        for sig in (signal.SIGHUP, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGQUIT, self._on_quit)
+        signal.signal(signal.SIGINT, self._on_quit)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
+        signal.set_wakeup_fd(-1)
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self._begin_stop()
+        self._wake()
+
+    def _on_quit(self, signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    def _on_usr1(self, signum: int, frame: Any) -> None:
+        self.reopen_logs = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _loop(self) -> int:
+        while True:
+            try:
+                events = self.epoll.poll(TICK)
+            except InterruptedError:
+                events = []
+            for fd, _mask in events:
+                if fd in self.listeners:
+                    self._accept(self.listeners[fd])
+                elif fd == self.wake_r:
+                    self._drain_wake()
+                else:
+                    conn = self.conns.get(fd)
+                    if conn is not None:
+                        self._readable(conn)
+            if not self._tick():
+                return 0
+
+    def _tick(self) -> bool:
+        """Housekeeping after each wake-up; False when the worker should leave."""
+        now = time.monotonic()
+        if now - self.last_beat >= BEAT_INTERVAL:
+            self.last_beat = now
+            if not self._tell(b".") or os.getppid() != self.spec.master_pid:
+                self.log.warning("master %d is gone, worker exiting", self.spec.master_pid)
+                return False
+        if self.reopen_logs:
+            self.reopen_logs = False
+            self.spec.logs.reopen()
+        if self.stop_at is None and self.max_requests and self.site.requests >= self.max_requests:
+            self.log.info("max requests (%d) reached, worker retiring", self.max_requests)
+            self._begin_stop()
+        if self.stop_at is not None and self.accepting:
+            self._accept_off_for_good()
+        self._sweep(now)
+        if self.stop_at is not None:
+            if not self.conns and not self.busy:
+                return False
+            if now >= self.stop_at:
+                self.log.warning("graceful timeout: closing %d connection(s)", len(self.conns))
+                return False
+        return True
+
+    def _begin_stop(self) -> None:
+        if self.stop_at is None:
+            self.stop_at = time.monotonic() + self.cfg.graceful_timeout
+            self.site.closing = True
+
+    def _sweep(self, now: float) -> None:
+        """Close parked connections idle past their limit."""
+        for conn in list(self.conns.values()):
+            if conn.closed or conn.busy:
+                continue
+            idle = now - conn.last_active
+            waiting_head = conn.parser.in_message or not conn.served
+            limit = self.cfg.timeout if waiting_head else self.cfg.keepalive
+            if idle > limit:
+                self._forget(conn)
+                conn.close()
+
+    # -- accepting --------------------------------------------------------------------
+
+    def _accept_on(self) -> None:
+        if not self.accepting and self.stop_at is None:
+            for fd in self.listeners:
+                self.epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            self.accepting = True
+
+    def _accept_off(self) -> None:
+        if self.accepting:
+            for fd in self.listeners:
+                self.epoll.unregister(fd)
+            self.accepting = False
+
+    def _accept_off_for_good(self) -> None:
+        """Stop accepting, but first take what may have been woken for us alone.
+
+        With EPOLLEXCLUSIVE a new connection wakes one worker only; if that worker is
+        this one, retiring without accepting would strand the connection in the queue
+        until the next arrival wakes someone else. So: leave epoll, then accept what
+        is pending (it is answered with Connection: close), then close our copies.
+        """
+        self._accept_off()
+        for listener in self.listeners.values():
+            while self._accept(listener):
+                pass
+        for listener in self.listeners.values():
+            listener.sock.close()
+        self.listeners = {}
+
+    def _accept(self, listener: Listener) -> bool:
+        try:
+            fd, addr = listener.sock._accept()  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return False
+        except OSError as exc:
+            self.log.error("accept on %s failed: %s", listener.address(), exc)
+            return False
+        sock = socket.socket(listener.sock.family, socket.SOCK_STREAM, 0, fileno=fd)
+        peer = addr[:2] if isinstance(addr, tuple) else None
+        conn = Connection(sock, peer, self.server_names[listener.fd], self.limits,
+                          max(self.cfg.timeout, 1.0))
+        self.conns[conn.fd] = conn
+        if self.pool is None:
+            self.epoll.register(conn.fd, select.EPOLLIN)
+            self._readable(conn)  # the request usually arrived with the connection
+        else:
+            self.epoll.register(conn.fd, select.EPOLLIN | select.EPOLLONESHOT)
+        return True
+
+    # -- serving ----------------------------------------------------------------------
+
+    def _readable(self, conn: Connection) -> None:
+        if self.pool is None:
+            keep = self._serve(conn)
+            if not keep:
+                self._forget(conn)
+                conn.close()
+            return
+        conn.busy = True
+        self.busy += 1
+        if self.busy >= self.cfg.threads:
+            self._accept_off()
+        self.pool.submit(self._serve_threaded, conn)
+
+    def _serve_threaded(self, conn: Connection) -> None:
+        try:
+            keep = self._serve(conn)
+        except BaseException:
+            self.log.exception("unexpected error serving a connection")
+            keep = False
+        self.returned.append((conn, keep))
+        self._wake()
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self.returned:
+            conn, keep = self.returned.popleft()
+            conn.busy = False
+            self.busy -= 1
+            if keep:
+                self.epoll.modify(conn.fd, select.EPOLLIN | select.EPOLLONESHOT)
+            else:
+                self._forget(conn)
+                conn.close()
+        if self.busy < self.cfg.threads:
+            self._accept_on()
+
+    def _serve(self, conn: Connection) -> bool:
+        """Read what is there and answer every complete request, in order."""
+        error: HttpError | None = None
+        try:
+            if not conn.receive():
+                return False
+        except HttpError as exc:
+            error = exc
+        parser = conn.parser
+        while parser.ready:
+            req = parser.ready.popleft()
+            conn.served = True
+            try:
+                keep = wsgi.handle(self.site, conn, req)
+            except HttpError as exc:  # a malformed body discovered while the app read it
+                error = exc
+                break
+            if not keep:
+                return False
+            if parser.ready or error:
+                continue
+            # A pipelined request may sit in the socket buffer already.
+            try:
+                if not conn.receive():
+                    return False
+            except HttpError as exc:
+                error = exc
+        if error is not None:
+            self._refuse(conn, error)
+            return False
+        conn.last_active = time.monotonic()
+        return True
+
+    def _refuse(self, conn: Connection, error: HttpError) -> None:
+        self.log.info("refused request from %s: %d %s",
+                      conn.peer[0] if conn.peer else "unix socket", error.status, error.reason)
+        conn.linger = True
+        try:
+            conn.send(resp.error_response(error.status, error.reason))
+        except OSError:
+            pass
+
+    def _forget(self, conn: Connection) -> None:
+        if self.conns.pop(conn.fd, None) is not None:
+            try:
+                self.epoll.unregister(conn.fd)
+            except (OSError, ValueError):
+                pass
+
+    # -- master channel ---------------------------------------------------------------
+
+    def _tell(self, message: bytes) -> bool:
+        """Write to the master's pipe; False when the master has gone (EPIPE)."""
+        try:
+            os.write(self.spec.status_fd, message)
+            return True
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+
+def _server_address(listener: Listener) -> tuple[str, str]:
+    name = listener.sock.getsockname()
+    if isinstance(name, tuple):
+        return str(name[0]), str(name[1])
+    return "localhost", "80"
+

@@ -1,0 +1,79 @@
+"""The master's view of its workers: forking them and reading what they say.
+
+Each worker gets its own pipe back to the master. What comes through it (booted,
+heartbeat, boot error) is everything the master knows about a worker besides its exit
+status, which keeps the protocol tiny and the master free of shared memory or files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import worker as worker_mod
+
+
+@dataclass
+class WorkerHandle:
+    pid: int
+    fd: int  # read end of the worker's status pipe
+    epoch: int  # which reload (HUP) it was started for
+    started: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    booted: bool = False
+    boot_error: str = ""
+    retiring_since: float | None = None  # set when sent TERM
+    killed: bool = False
+    _partial: bytes = b""
+
+    def feed(self, data: bytes, now: float) -> None:
+        """Digest bytes from the status pipe: `B` booted, `.` alive, `E...\\n` boot error."""
+        self.last_seen = now
+        data = self._partial + data
+        self._partial = b""
+        while data:
+            if data[:1] == b"E":
+                line, newline, rest = data[1:].partition(b"\n")
+                if not newline:
+                    self._partial = data
+                    return
+                self.boot_error = line.decode("utf-8", "replace")
+                data = rest
+                continue
+            if data[:1] == b"B":
+                self.booted = True
+            data = data[1:]
+
+
+def fork_worker(spec_for: Callable[[int], worker_mod.WorkerSpec], epoch: int,
+                in_child: Callable[[], None]) -> WorkerHandle:
+    """Fork one worker; in the child, `in_child` drops master-only state, then it serves."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            in_child()
+            spec = spec_for(write_fd)
+        except BaseException:
+            os._exit(1)
+        worker_mod.run(spec)  # never returns
+    os.close(write_fd)
+    os.set_blocking(read_fd, False)
+    return WorkerHandle(pid=pid, fd=read_fd, epoch=epoch)
+
+
+def describe_exit(status: int) -> str:
+    """`exited with status 3` / `killed by signal 9 (SIGKILL)`, for the error log."""
+    if os.WIFSIGNALED(status):
+        import signal
+
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "?"
+        return f"killed by signal {sig} ({name})"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"

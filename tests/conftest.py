@@ -1,0 +1,22 @@
+"""Shared fixtures: `masters` starts real `hotswap start` processes and reaps them all."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from support import MasterFactory  # noqa: E402
+
+
+@pytest.fixture
+def masters(tmp_path: Path) -> Iterator[MasterFactory]:
+    factory = MasterFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()
