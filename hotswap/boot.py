@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from listeners import (
     BindError,
+    BindSpec,
     InheritError,
     Listener,
     ListenerError,
@@ -27,6 +28,9 @@ from upgrade.reexec import ENV_GENERATION, ENV_PARENT_PID
 from .errors import StartupError
 
 DEFAULT_BIND = "127.0.0.1:8000"
+# Sockets somebody else created (systemd, or fd://N given by the operator): we never unlink
+# their paths. Passed down the generations, since HOTSWAP_FDS alone cannot tell.
+ENV_FOREIGN_FDS = "HOTSWAP_FOREIGN_FDS"
 
 
 @dataclass
@@ -75,6 +79,7 @@ def open_listeners(binds: list[str], backlog: int, environ: MutableMapping[str, 
         specs = [parse_bind(text) for text in binds]
     except BindError as exc:
         raise _fail(lineage, str(exc)) from None
+    foreign = _foreign_fds(environ, specs)
     try:
         adopted = adopt_from_env(environ)
     except InheritError as exc:
@@ -87,7 +92,28 @@ def open_listeners(binds: list[str], backlog: int, environ: MutableMapping[str, 
         raise _fail(lineage, str(exc)) from None
     for listener in unwanted:
         close_listener(listener, unlink=False)  # another generation may still serve it
+    kept = {lst.fd for lst in serving} & foreign
+    for listener in serving:
+        if listener.fd in kept:
+            listener.unix_identity = None  # not ours to unlink
+    if kept:
+        environ[ENV_FOREIGN_FDS] = ",".join(map(str, sorted(kept)))
+    else:
+        environ.pop(ENV_FOREIGN_FDS, None)
     return serving
+
+
+def _foreign_fds(environ: MutableMapping[str, str], specs: list[BindSpec]) -> set[int]:
+    """fds of sockets we did not create: systemd's (LISTEN_FDS for us), fd://N binds, and
+    those an earlier generation already knew to be foreign. Read before adoption, which
+    removes the LISTEN_* variables."""
+    fds = {spec.fd for spec in specs if spec.kind == "fd" and spec.fd is not None}
+    inherited = environ.get(ENV_FOREIGN_FDS, "")
+    fds.update(int(part) for part in inherited.split(",") if part.isdigit())
+    count = environ.get("LISTEN_FDS", "")
+    if environ.get("LISTEN_PID") == str(os.getpid()) and count.isdigit():
+        fds.update(range(3, 3 + int(count)))
+    return fds
 
 
 def _fail(lineage: Lineage, message: str) -> StartupError:

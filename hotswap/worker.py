@@ -38,8 +38,9 @@ from .proctitle import set_title
 from .request import HttpError, Limits
 
 BOOT_FAILED = 3  # exit status of a worker that could not load the app
-BEAT_INTERVAL = 1.0
 TICK = 1.0
+HOUSEKEEPING = 0.25
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -83,6 +84,9 @@ class Worker:
         self.stop_at: float | None = None  # monotonic deadline once a graceful stop began
         self.reopen_logs = False
         self.last_beat = 0.0
+        self.beat_interval = min(TICK, self.cfg.timeout / 4)
+        self.orphaned = False
+        self.next_housekeeping = 0.0
         self.busy = 0
         self.accepting = False
         self.returned: deque[tuple[Connection, bool]] = deque()
@@ -96,6 +100,9 @@ class Worker:
 
     def run(self) -> int:
         self._install_signals()
+        _term_when_parent_dies()
+        if os.getppid() != self.spec.master_pid:
+            return 0  # the master died before we could ask to be told
         set_title("worker", self.cfg.name)
         try:
             app = self.spec.app or load_app(self.cfg.app)
@@ -114,6 +121,7 @@ class Worker:
             self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="hotswap")
         self.epoll.register(self.wake_r, select.EPOLLIN)
         self._accept_on()
+        signal.signal(signal.SIGTERM, self._on_term)  # from now on TERM means: finish, then go
         self._tell(b"B")
         self.last_beat = time.monotonic()
         return self._loop()
@@ -138,7 +146,8 @@ class Worker:
         for sig in (signal.SIGHUP, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, self._on_term)
+        # While the app loads there is nothing to finish: TERM leaves at once.
+        signal.signal(signal.SIGTERM, self._on_quit)
         signal.signal(signal.SIGQUIT, self._on_quit)
         signal.signal(signal.SIGINT, self._on_quit)
         signal.signal(signal.SIGUSR1, self._on_usr1)
@@ -182,13 +191,20 @@ class Worker:
                 return 0
 
     def _tick(self) -> bool:
-        """Housekeeping after each wake-up; False when the worker should leave."""
+        """Housekeeping after each wake-up; False when the worker should leave.
+
+        Under load the loop wakes per request; the sweep over parked connections runs at
+        most every HOUSEKEEPING seconds so a hundred idle clients cost nothing per request.
+        """
         now = time.monotonic()
-        if now - self.last_beat >= BEAT_INTERVAL:
+        if now < self.next_housekeeping and self.stop_at is None and not self.reopen_logs:
+            return True
+        self.next_housekeeping = now + HOUSEKEEPING
+        if now - self.last_beat >= self.beat_interval:
             self.last_beat = now
-            if not self._tell(b".") or os.getppid() != self.spec.master_pid:
-                self.log.warning("master %d is gone, worker exiting", self.spec.master_pid)
-                return False
+            master_alive = self._tell(b".") and os.getppid() == self.spec.master_pid
+            if not master_alive and not self.orphaned:
+                self._orphaned()
         if self.reopen_logs:
             self.reopen_logs = False
             self.spec.logs.reopen()
@@ -205,6 +221,16 @@ class Worker:
                 self.log.warning("graceful timeout: closing %d connection(s)", len(self.conns))
                 return False
         return True
+
+    def _orphaned(self) -> None:
+        """The master is gone: finish what is in flight, but wait for no idle client."""
+        self.log.warning("master %d is gone, worker exiting", self.spec.master_pid)
+        self.orphaned = True
+        self._begin_stop()
+        for conn in list(self.conns.values()):
+            if not conn.busy and not conn.parser.in_message:
+                self._forget(conn)
+                conn.close()
 
     def _begin_stop(self) -> None:
         if self.stop_at is None:
@@ -375,6 +401,18 @@ class Worker:
             return True
         except OSError:
             return False
+
+
+def _term_when_parent_dies() -> None:
+    """Ask Linux for SIGTERM when the master dies, so a SIGKILLed master leaves no worker
+    serving (the heartbeat pipe and getppid() check remain as the portable fallback)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _server_address(listener: Listener) -> tuple[str, str]:

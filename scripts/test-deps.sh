@@ -1,0 +1,17 @@
+#!/bin/sh
+# Install what the test suite needs on a fresh Debian machine: the package with its
+# test extra, shellcheck (lints scripts/hotswap-upgrade.sh) and systemd-socket-activate
+# (the socket-activation upgrade test). Safe to run again: it installs only what is missing.
+set -eu
+cd "$(dirname "$0")/.."
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+missing=""
+command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
+command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
+if [ -n "$missing" ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+fi
