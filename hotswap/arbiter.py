@@ -104,7 +104,17 @@ class Arbiter:
         self.log.info("master %d (generation %d) listening on %s", self.pid,
                       self.lineage.generation, ", ".join(lst.address() for lst in self.listeners))
         self._maintain(time.monotonic())
-        while True:
+        while not self._turn():
+            pass
+        return self._shutdown()
+
+    def _turn(self) -> bool:
+        """One pass of the loop; True when the master should exit.
+
+        A bug in one pass is logged and the loop goes on: a master that dies leaves its
+        workers and the next generation without anyone to manage them.
+        """
+        try:
             self._wait()
             for signum in self.signals.drain():
                 self._dispatch(signum)
@@ -113,12 +123,13 @@ class Arbiter:
             self._check_workers(now)
             self._check_upgrade(now)
             if self.stopping:
-                if self._stop_done(now):
-                    break
-                continue
+                return self._stop_done(now)
             self._maintain(now)
             self._check_ready()
-        return self._shutdown()
+        except Exception:
+            self.log.exception("internal error in the master loop")
+            time.sleep(0.1)  # never spin on a repeating error
+        return False
 
     def _wait(self) -> None:
         timeout = WAIT
@@ -328,7 +339,7 @@ class Arbiter:
     def _upgrade_child_exited(self, status: int) -> None:
         upgrade = self.upgrade
         assert upgrade is not None
-        outcome = upgrade.reader.read() if upgrade.reader.fileno() >= 0 else None
+        outcome = None if upgrade.reader.closed else upgrade.reader.read()
         if outcome is not None and outcome.kind == "ready":
             # It said READY and died at once: treat it as a newer generation that exited.
             self._upgrade_ready(upgrade)
@@ -368,7 +379,7 @@ class Arbiter:
             self.winched = False
 
     def _close_reader(self, upgrade: PendingUpgrade) -> None:
-        if upgrade.reader.fileno() >= 0:
+        if not upgrade.reader.closed:
             try:
                 self.selector.unregister(upgrade.reader.fileno())
             except (KeyError, ValueError):
@@ -498,7 +509,7 @@ class Arbiter:
         self.signals.close_in_child()
         for handle in self.workers.values():
             os.close(handle.fd)
-        if self.upgrade is not None and self.upgrade.reader.fileno() >= 0:
+        if self.upgrade is not None and not self.upgrade.reader.closed:
             os.close(self.upgrade.reader.fileno())
         if self.lineage.ready_fd is not None:
             os.close(self.lineage.ready_fd)

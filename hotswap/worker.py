@@ -360,14 +360,6 @@ class Worker:
                 break
             if not keep:
                 return False
-            if parser.ready or error:
-                continue
-            # A pipelined request may sit in the socket buffer already.
-            try:
-                if not conn.receive():
-                    return False
-            except HttpError as exc:
-                error = exc
         if error is not None:
             self._refuse(conn, error)
             return False

@@ -161,6 +161,10 @@ class ReadinessReader:
         self._buffer = bytearray()
         self._outcome: Outcome | None = None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def fileno(self) -> int:
         """The fd to wait on in select/poll."""
         if self._closed:
