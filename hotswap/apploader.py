@@ -45,7 +45,7 @@ def _import(module_name: str) -> Any:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and (module_name + ".").startswith(exc.name + "."):  # it, or a parent
             raise StartupError(f"cannot import APP module {module_name!r}: no such module") from None
         raise StartupError(f"cannot import APP module {module_name!r}: {_one_line(exc)}") from None
     except BaseException as exc:  # the app's import ran arbitrary code

@@ -184,8 +184,20 @@ class Arbiter:
         self._begin_stop("graceful", self.cfg.graceful_timeout + 1.0, signal.SIGTERM)
 
     def _on_quit(self) -> None:
-        """Fast stop: workers exit now."""
+        """Fast stop: workers exit now — unless another generation serves our sockets.
+
+        Then QUIT is a step of the upgrade protocol (retire the old master, or roll back
+        by stopping the new one) and the service is not going down: dropping what our
+        workers hold would break the promise for nothing, so they finish gracefully.
+        A second QUIT still means: now.
+        """
         if self.stopping == "fast":
+            return
+        if self.stopping is None and self.workers and self._other_generation_alive():
+            self.log.info("QUIT: another generation serves the same sockets; stopping "
+                          "gracefully (up to %.1f s, QUIT again to stop now)",
+                          self.cfg.graceful_timeout)
+            self._begin_stop("graceful", self.cfg.graceful_timeout + 1.0, signal.SIGTERM)
             return
         self.log.info("fast stop")
         self._begin_stop("fast", FAST_STOP_GRACE, signal.SIGQUIT)
@@ -257,6 +269,10 @@ class Arbiter:
 
     def _on_winch(self) -> None:
         """Retire all workers without replacing them — only when it cannot be a terminal resize."""
+        if self.upgrade is not None:
+            # A tool that saw PIDFILE name the new master may signal us before our loop
+            # read its READY line, which the new master writes first: read it now.
+            self._on_readiness()
         if not (self._newer_alive() or self.cfg.daemon):
             self.log.info("WINCH ignored: no newer generation is running and not daemonized")
             return
@@ -540,11 +556,13 @@ class Arbiter:
         self.ready = True
         took = time.monotonic() - self.started
         if self.lineage.parent_pid is not None:
-            if self.pidfile is not None:
-                self._pidfile_op(self.pidfile.write, self.pid)
+            # The old master must hold READY before PIDFILE names us: upgrade tools send
+            # it WINCH as soon as they see PIDFILE change (see _on_winch).
             if self.lineage.ready_fd is not None:
                 announce_ready(self.lineage.ready_fd, self.pid)
                 self.lineage.ready_fd = None
+            if self.pidfile is not None:
+                self._pidfile_op(self.pidfile.write, self.pid)
             notify.notify_ready(main_pid=self.pid, status=f"generation {self.lineage.generation}")
         else:
             notify.notify_ready(status=f"generation {self.lineage.generation}")

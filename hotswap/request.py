@@ -61,6 +61,7 @@ class Request:
 
 
 _SUPPORTED_CODINGS = ("chunked",)
+_SUPPORTED_VERSIONS = ("1.0", "1.1")
 
 
 class RequestParser:
@@ -94,9 +95,9 @@ class RequestParser:
             raise HttpError(400, f"bad request: {cause}") from None
         except httptools.HttpParserUpgrade:
             # An Upgrade or CONNECT request: the head is answered as plain HTTP and the
-            # connection closes afterwards, since no protocol switch is offered.
-            if self._current is not None:
-                self._current.keep_alive = False
+            # connection closes afterwards, since no protocol switch is offered (its head
+            # was marked so in on_headers_complete; llhttp stops parsing here).
+            pass
         except httptools.HttpParserError as exc:
             if self._in_head and self._head_bytes > self._max_head:
                 raise HttpError(431, "request header fields too large") from None
@@ -135,8 +136,11 @@ class RequestParser:
         parser = self._parser
         req.method = parser.get_method().decode("ascii")
         req.version = parser.get_http_version()
-        req.keep_alive = parser.should_keep_alive()
+        _check_version(req.version)
         req.upgrade = parser.should_upgrade()
+        # Marked here, while the request is still ours: by the time llhttp reports the
+        # upgrade, the message is complete and may already be in the worker's hands.
+        req.keep_alive = parser.should_keep_alive() and not req.upgrade
         _read_framing(req)
         self.ready.append(req)
 
@@ -151,6 +155,17 @@ class RequestParser:
         assert req is not None
         req.complete = True
         self._current = None
+
+
+def _check_version(version: str) -> None:
+    """llhttp lets HTTP/0.9 (a request line with no version) and HTTP/2.0 through; an
+    HTTP/1.1 answer would be garbage to either, and the app would see a protocol it
+    cannot trust, so both are refused here."""
+    if version in _SUPPORTED_VERSIONS:
+        return
+    if version.startswith("0."):
+        raise HttpError(400, "bad request: HTTP/0.9 request line (no HTTP/1.x version)")
+    raise HttpError(505, f"HTTP/{version} is not supported")
 
 
 def _read_framing(req: Request) -> None:

@@ -26,7 +26,7 @@ _REASONS = {
     100: "Continue", 200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
     413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable",
+    501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
 
 

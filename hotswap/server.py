@@ -30,15 +30,17 @@ def serve(flags: dict[str, Any]) -> int:
     try:
         cfg = config_mod.build(flags)
         logs = _open_logs(cfg)
+        pidfile = Pidfile(cfg.pidfile) if cfg.pidfile else None
+        first = lineage.parent_pid is None
+        if pidfile is not None and first:
+            # Before binding: started twice, the second would otherwise only say that
+            # the address is in use, not that the server already runs.
+            _refuse_if_running(pidfile)
     except StartupError as exc:
         lineage.fail(str(exc))
         raise
     listeners = open_listeners(cfg.bind, cfg.backlog, os.environ, lineage)
     try:
-        pidfile = Pidfile(cfg.pidfile) if cfg.pidfile else None
-        first = lineage.parent_pid is None
-        if pidfile is not None and first:
-            _refuse_if_running(pidfile)
         _chdir(cfg.chdir)
         app = load_app(cfg.app) if cfg.preload else None
         if cfg.daemon and first:

@@ -5,12 +5,15 @@ thread, so a hundred idle clients never starve a worker. A connection with a com
 request head is served inline (threads=1) or on a pool of `threads` threads.
 
 The worker talks to its master over one pipe: `B` once the app is loaded (the master's
-readiness depends on it), `.` as a heartbeat at most once a second, and `E<reason>\\n`
-when the app cannot be loaded. A worker whose master is gone leaves on its own.
+readiness depends on it), `.` as a heartbeat at most once a second, `E<reason>\\n`
+when the app cannot be loaded, and `R` when it retires on its own (--max-requests), so
+the master forks its replacement at once instead of after the last idle keep-alive
+client is gone. A worker whose master is gone leaves on its own.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import select
@@ -86,6 +89,7 @@ class Worker:
         self.last_beat = 0.0
         self.beat_interval = min(TICK, self.cfg.timeout / 4)
         self.orphaned = False
+        self.deadline_armed = False
         self.next_housekeeping = 0.0
         self.busy = 0
         self.accepting = False
@@ -154,8 +158,19 @@ class Worker:
         signal.set_wakeup_fd(-1)
 
     def _on_term(self, signum: int, frame: Any) -> None:
+        if os.getppid() != self.spec.master_pid:
+            self._leave_by_deadline()  # TERM from the kernel: the master died
         self._begin_stop()
         self._wake()
+
+    def _leave_by_deadline(self) -> None:
+        """An orphan has no master left to kill it after the graceful timeout, and an app
+        stuck in a request never hands the loop back to check it: let the kernel end the
+        process then (SIGALRM's default action), or it would hold the port for ever."""
+        if not self.deadline_armed:
+            self.deadline_armed = True
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(max(1, math.ceil(self.cfg.graceful_timeout)))
 
     def _on_quit(self, signum: int, frame: Any) -> None:
         raise SystemExit(0)
@@ -197,6 +212,12 @@ class Worker:
         most every HOUSEKEEPING seconds so a hundred idle clients cost nothing per request.
         """
         now = time.monotonic()
+        if self.stop_at is None and self.max_requests and self.site.requests >= self.max_requests:
+            # Checked on every wake-up, not with the housekeeping below: a busy worker
+            # would otherwise serve hundreds of requests past the limit in that time.
+            self.log.info("max requests (%d) reached, worker retiring", self.max_requests)
+            self._begin_stop()
+            self._tell(b"R")
         if now < self.next_housekeeping and self.stop_at is None and not self.reopen_logs:
             return True
         self.next_housekeeping = now + HOUSEKEEPING
@@ -208,9 +229,6 @@ class Worker:
         if self.reopen_logs:
             self.reopen_logs = False
             self.spec.logs.reopen()
-        if self.stop_at is None and self.max_requests and self.site.requests >= self.max_requests:
-            self.log.info("max requests (%d) reached, worker retiring", self.max_requests)
-            self._begin_stop()
         if self.stop_at is not None and self.accepting:
             self._accept_off_for_good()
         self._sweep(now)
@@ -226,6 +244,7 @@ class Worker:
         """The master is gone: finish what is in flight, but wait for no idle client."""
         self.log.warning("master %d is gone, worker exiting", self.spec.master_pid)
         self.orphaned = True
+        self._leave_by_deadline()
         self._begin_stop()
         for conn in list(self.conns.values()):
             if not conn.busy and not conn.parser.in_message:
@@ -290,7 +309,7 @@ class Worker:
         sock = socket.socket(listener.sock.family, socket.SOCK_STREAM, 0, fileno=fd)
         peer = addr[:2] if isinstance(addr, tuple) else None
         conn = Connection(sock, peer, self.server_names[listener.fd], self.limits,
-                          max(self.cfg.timeout, 1.0))
+                          _io_timeout(self.cfg.timeout))
         self.conns[conn.fd] = conn
         if self.pool is None:
             self.epoll.register(conn.fd, select.EPOLLIN)
@@ -353,6 +372,10 @@ class Worker:
         while parser.ready:
             req = parser.ready.popleft()
             conn.served = True
+            if error is not None and not req.complete:
+                # Its body broke the parser: no more of it can ever be parsed, so an app
+                # reading it would wait for the I/O timeout. Refuse it instead.
+                break
             try:
                 keep = wsgi.handle(self.site, conn, req)
             except HttpError as exc:  # a malformed body discovered while the app read it
@@ -393,6 +416,12 @@ class Worker:
             return True
         except OSError:
             return False
+
+
+def _io_timeout(timeout: float) -> float:
+    """Socket I/O gives up before the master's heartbeat timeout does, so a stalled client
+    costs one request, not the whole (inline) worker."""
+    return max(0.5, timeout * 0.75)
 
 
 def _term_when_parent_dies() -> None:

@@ -1,7 +1,7 @@
 """The master's view of its workers: forking them and reading what they say.
 
 Each worker gets its own pipe back to the master. What comes through it (booted,
-heartbeat, boot error) is everything the master knows about a worker besides its exit
+heartbeat, boot error, retiring) is everything the master knows about a worker besides its exit
 status, which keeps the protocol tiny and the master free of shared memory or files.
 """
 
@@ -29,7 +29,8 @@ class WorkerHandle:
     _partial: bytes = b""
 
     def feed(self, data: bytes, now: float) -> None:
-        """Digest bytes from the status pipe: `B` booted, `.` alive, `E...\\n` boot error."""
+        """Digest bytes from the status pipe: `B` booted, `.` alive, `E...\\n` boot error,
+        `R` retiring by itself (counted out of the pool, so it is replaced now)."""
         self.last_seen = now
         data = self._partial + data
         self._partial = b""
@@ -44,6 +45,8 @@ class WorkerHandle:
                 continue
             if data[:1] == b"B":
                 self.booted = True
+            elif data[:1] == b"R" and self.retiring_since is None:
+                self.retiring_since = now
             data = data[1:]
 
 

@@ -196,10 +196,12 @@ def build_environ(site: Site, conn: Connection, req: Request, stream: InputStrea
 class ResponseWriter:
     """start_response, write(), and sending the app's iterable with the chosen framing."""
 
-    def __init__(self, site: Site, conn: Connection, req: Request) -> None:
+    def __init__(self, site: Site, conn: Connection, req: Request,
+                 stream: InputStream | None = None) -> None:
         self.site = site
         self.conn = conn
         self.req = req
+        self.stream = stream
         self.head: resp.Head | None = None
         self.prepared = False
         self.head_sent = False
@@ -225,10 +227,25 @@ class ResponseWriter:
         if head.content_length is None and known_length is not None and not self.is_head:
             head.content_length = known_length
             head.headers.append(("Content-Length", str(known_length)))
-        keep_alive = self.req.keep_alive and not self.site.closing
+        keep_alive = self.req.keep_alive and not self.site.closing and not self._uninvited_body()
         resp.frame(head, self.req.version, keep_alive, self.is_head)
         self.prepared = True
         return head
+
+    def _uninvited_body(self) -> bool:
+        """True when the client still waits for a 100 Continue as the final head goes out.
+
+        Its body may or may not follow, so the connection cannot carry another request;
+        and a 100 sent after this head would land inside the response body, so from here
+        on none is sent at all.
+        """
+        stream = self.stream
+        if stream is None or not self.req.expect_continue or stream.continue_sent:
+            return False
+        if self.req.complete:
+            return False  # the client sent its body without waiting: nothing is pending
+        stream.continue_sent = True
+        return True
 
     def write(self, data: bytes) -> None:
         """Send a body piece (and the head, the first time)."""
@@ -302,7 +319,7 @@ def handle(site: Site, conn: Connection, req: Request) -> bool:
     """Run one request; True when the connection may carry another one."""
     started = time.monotonic()
     stream = InputStream(conn, req)
-    writer = ResponseWriter(site, conn, req)
+    writer = ResponseWriter(site, conn, req, stream)
     environ = build_environ(site, conn, req, stream)
     site.requests += 1
     try:

@@ -120,6 +120,13 @@ def no_read(environ, start_response):
     return [b"unread"]
 
 
+def late_read(environ, start_response):
+    """Sends the head and a first piece, and only then reads the body."""
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"head-out;")
+    return [b"read:" + _read_all(environ)]
+
+
 def fail(environ, start_response):
     raise RuntimeError("boom from the test app")
 
@@ -141,6 +148,17 @@ def str_body(environ, start_response):
 
     def pieces():
         yield "not bytes"
+
+    return pieces()
+
+
+def str_late(environ, start_response):
+    """Yields str after the head and a first piece went out: too late for a 500."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def pieces():
+        yield b"first-piece"
+        yield "then a str"
 
     return pieces()
 
@@ -168,10 +186,12 @@ ROUTES = {
     "/sleep": sleep,
     "/continue": slow_continue,
     "/noread": no_read,
+    "/late-read": late_read,
     "/raise": fail,
     "/bad-status": bad_status,
     "/bad-header": bad_header,
     "/str": str_body,
+    "/str-late": str_late,
 }
 
 validated = validator(_validated_inner)
