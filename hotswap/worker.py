@@ -166,11 +166,12 @@ class Worker:
     def _leave_by_deadline(self) -> None:
         """An orphan has no master left to kill it after the graceful timeout, and an app
         stuck in a request never hands the loop back to check it: let the kernel end the
-        process then (SIGALRM's default action), or it would hold the port for ever."""
+        process then (SIGALRM's default action), or it would hold the port for ever. One
+        second late, so a loop that is free leaves by itself first, logging why."""
         if not self.deadline_armed:
             self.deadline_armed = True
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            signal.alarm(max(1, math.ceil(self.cfg.graceful_timeout)))
+            signal.alarm(math.ceil(self.cfg.graceful_timeout) + 1)
 
     def _on_quit(self, signum: int, frame: Any) -> None:
         raise SystemExit(0)
