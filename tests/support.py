@@ -62,14 +62,15 @@ class Master:
 
     def __init__(self, tmp: Path, args: list[str], cwd: Path | None = None,
                  env: dict[str, str] | None = None, pidfile: bool = True,
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, python: str | None = None) -> None:
         self.tmp = tmp
         self.log_path = tmp / f"master-{time.monotonic_ns()}.log"
         self.pidfile = tmp / "hotswap.pid" if pidfile else None
         full = list(args)
         if self.pidfile is not None and "--pidfile" not in full:
             full += ["--pidfile", str(self.pidfile)]
-        self.argv = [*(prefix or []), sys.executable, "-m", "hotswap", "start", *full]
+        # `python`: another path to the interpreter (e.g. a symlink a test deletes later).
+        self.argv = [*(prefix or []), python or sys.executable, "-m", "hotswap", "start", *full]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(Path(__file__).resolve().parent.parent), self.env.get("PYTHONPATH"))

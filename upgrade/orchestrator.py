@@ -326,10 +326,14 @@ class _Upgrade:
         return True
 
     def _stop(self, pid: int) -> None:
-        """QUIT, then SIGKILL after KILL_GRACE: a new master that hangs must not block."""
+        """QUIT, then SIGKILL when the step's deadline passes: a new master that hangs must
+        not block. A serving new master drains on QUIT (its workers finish their requests,
+        idle keep-alive clients up to --keepalive), so it gets the whole step, not a few
+        seconds that would cut requests short."""
+        grace = max(KILL_GRACE, self.timeout)
         self._signal(pid, signal.SIGQUIT, "QUIT")
-        if not self._wait_until(lambda: not procs.is_alive(pid), KILL_GRACE):
-            self.on_step(f"{pid} ignored QUIT for {KILL_GRACE:g} s; sending SIGKILL")
+        if not self._wait_until(lambda: not procs.is_alive(pid), grace):
+            self.on_step(f"{pid} ignored QUIT for {grace:g} s; sending SIGKILL")
             self._kill(pid)
 
     def _kill(self, pid: int) -> None:
