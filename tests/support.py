@@ -57,6 +57,22 @@ def workers_of(pid: int) -> list[int]:
     return [c for c in procs.children(pid) if (procs.cmdline(c) or "").startswith(WORKER_TITLE)]
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgid`, read from /proc."""
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] not in ("Z", "X") and fields[2] == str(pgid):
+            members.append(int(name))
+    return members
+
+
 class Master:
     """A `hotswap start` subprocess with its log file, pidfile and process group."""
 

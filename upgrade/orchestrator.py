@@ -372,26 +372,11 @@ def _new_master_candidates(m1: int) -> list[int]:
     """
     children = [pid for pid in procs.children(m1) if procs.is_alive(pid)]
     by_env = [
-        pid for pid in children if (_environ(pid) or {}).get("HOTSWAP_PARENT_PID") == str(m1)
+        pid for pid in children if (procs.environ(pid) or {}).get("HOTSWAP_PARENT_PID") == str(m1)
     ]
     if by_env:
         return by_env
     return [pid for pid in children if not (procs.cmdline(pid) or "").startswith(WORKER_TITLE)]
-
-
-def _environ(pid: int) -> dict[str, str] | None:
-    """The environment `pid` was exec'd with, or None when /proc will not tell us."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return None
-    env: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode(errors="replace")] = value.decode(errors="replace")
-    return env
 
 
 def _generation(pid: int) -> int | None:
@@ -402,7 +387,7 @@ def _generation(pid: int) -> int | None:
     set its title shows no variables at all: then only a "generation N" in its title can
     tell, and an empty environment must not be mistaken for "absent, so 1".
     """
-    env = _environ(pid)
+    env = procs.environ(pid)
     if env:
         value = env.get("HOTSWAP_GENERATION")
         if value is None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import free_port, get, write_app
+from support import free_port, get, group_members, write_app
 
 from pidfiles import procs
 
@@ -35,22 +35,6 @@ class Run:
     code: int
     stdout: str
     stderr: str
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group `pgid`, read from /proc."""
-    members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] not in ("Z", "X") and fields[2] == str(pgid):
-            members.append(int(name))
-    return members
 
 
 def start(cwd: Path, *args: str, env: dict[str, str] | None = None,

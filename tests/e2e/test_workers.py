@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import free_port, get, wait_for, write_app
+from support import free_port, get, group_members, wait_for, write_app
 
 from pidfiles import procs
 
@@ -46,22 +46,6 @@ def app(environ, start_response):
                               ("Content-Length", str(len(body)))])
     return [body]
 '''
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group `pgid`, read from /proc."""
-    members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] not in ("Z", "X") and fields[2] == str(pgid):
-            members.append(int(name))
-    return members
 
 
 def send_sleep(port: int, folder: Path, seconds: float) -> tuple[threading.Thread, list]:

@@ -411,7 +411,7 @@ def test_health_check_passing_upgrades(tmp_path: Path) -> None:
 @pytest.mark.timeout(10)
 def test_health_check_failing_rolls_back(tmp_path: Path) -> None:
     with fake_master(tmp_path) as fake, health_server(503) as url:
-        report = run_upgrade(fake.pidfile, timeout=1, health_url=url)
+        report = run_upgrade(fake.pidfile, timeout=5, health_url=url)
         assert report.outcome == "rolled back"
         assert report.reason == f"health check failed: {url} answered HTTP 503"
         assert report.new_pid is not None and not procs.is_alive(report.new_pid)
