@@ -17,7 +17,6 @@ import click
 from click.core import ParameterSource
 
 from pidfiles import Pidfile, PidfileError, procs
-from upgrade.orchestrator import run_upgrade
 
 from . import __version__
 from .errors import StartupError
@@ -94,6 +93,8 @@ def upgrade(pidfile: str, timeout: float, health_url: str | None, as_json: bool,
     """Live upgrade: USR2, wait ready, WINCH, drain, QUIT; roll back on any failure."""
     if timeout <= 0:
         _fail("--timeout must be positive")
+    # Imported here: its HTTP client would otherwise sit in every master's memory.
+    from upgrade.orchestrator import run_upgrade
 
     def step(message: str) -> None:
         if not quiet:
