@@ -96,10 +96,23 @@ is_master() {
 }
 
 # list_children PID [EXCEPT]: CHILDREN := live children of PID other than EXCEPT.
+# /proc/PID/task/*/children names them in a few reads; without it (older kernels) every
+# process is a candidate. Either way each candidate's PPid is checked.
 list_children() {
     CHILDREN=
-    for _dir in /proc/[0-9]*; do
-        _pid=${_dir#/proc/}
+    _candidates=
+    if [ -r "/proc/$1/task/$1/children" ]; then
+        for _task in /proc/"$1"/task/*; do
+            _line=
+            { read -r _line < "$_task/children"; } 2>/dev/null
+            _candidates="$_candidates $_line"
+        done
+    else
+        for _dir in /proc/[0-9]*; do
+            _candidates="$_candidates ${_dir#/proc/}"
+        done
+    fi
+    for _pid in $_candidates; do
         [ "$_pid" = "${2:-}" ] && continue
         read_status "$_pid"
         [ "$PPID_OF" = "$1" ] || continue
