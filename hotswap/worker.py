@@ -316,7 +316,10 @@ class Worker:
             self.epoll.register(conn.fd, select.EPOLLIN)
             self._readable(conn)  # the request usually arrived with the connection
         else:
-            self.epoll.register(conn.fd, select.EPOLLIN | select.EPOLLONESHOT)
+            # Registered disarmed (a thread owns it now; re-armed when handed back), and
+            # served at once: waiting for epoll to report the first request costs a round trip.
+            self.epoll.register(conn.fd, select.EPOLLONESHOT)
+            self._readable(conn)
         return True
 
     # -- serving ----------------------------------------------------------------------

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, TypeVar
 
 from pidfiles import Pidfile, procs
-from upgrade.health import wait_healthy
 
 Outcome = Literal["upgraded", "rolled back", "failed"]
 T = TypeVar("T")
@@ -221,6 +220,8 @@ class _Upgrade:
     def _check_health(self, m1: int, m2: int, url: str) -> None:
         """Step 4: a bad build that boots but answers 5xx must not replace a good one."""
         self.on_step(f"checking {url}")
+        from upgrade.health import wait_healthy  # an HTTP client only when asked for one
+
         failure = wait_healthy(url, self.timeout, self.poll_interval)
         if failure is None:
             self.on_step(f"health check passed: {url}")
