@@ -80,6 +80,7 @@ class Arbiter:
         self.epoch = 0
         self.target = cfg.workers
         self.stopping: str | None = None  # "graceful" or "fast"
+        self.quits = 0  # QUITs received: the second one always means "now"
         self.stop_deadline = 0.0
         self.winched = False
         self.ready = False
@@ -193,11 +194,15 @@ class Arbiter:
         """
         if self.stopping == "fast":
             return
-        if self.stopping is None and self.workers and self._other_generation_alive():
-            self.log.info("QUIT: another generation serves the same sockets; stopping "
-                          "gracefully (up to %.1f s, QUIT again to stop now)",
-                          self.cfg.graceful_timeout)
-            self._begin_stop("graceful", self.cfg.graceful_timeout + 1.0, signal.SIGTERM)
+        self.quits += 1
+        if self.quits == 1 and self.workers and self._other_generation_alive():
+            # Also when a TERM already started a graceful stop: a rollback tool's QUIT
+            # must not turn that drain into dropped requests.
+            if self.stopping is None:
+                self.log.info("QUIT: another generation serves the same sockets; stopping "
+                              "gracefully (up to %.1f s, QUIT again to stop now)",
+                              self.cfg.graceful_timeout)
+                self._begin_stop("graceful", self.cfg.graceful_timeout + 1.0, signal.SIGTERM)
             return
         self.log.info("fast stop")
         self._begin_stop("fast", FAST_STOP_GRACE, signal.SIGQUIT)
