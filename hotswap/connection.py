@@ -22,7 +22,7 @@ class Connection:
     """A client connection, parked in the selector between requests."""
 
     __slots__ = ("sock", "fd", "peer", "server", "parser", "last_active", "closed", "unix",
-                 "busy", "served", "linger")
+                 "busy", "served", "linger", "registered")
 
     def __init__(
         self,
@@ -43,6 +43,7 @@ class Connection:
         self.busy = False  # owned by a pool thread right now: the sweep leaves it alone
         self.served = False  # has answered a request: idle from now on means kept-alive
         self.linger = False  # close with a lingering read (after refusing a request)
+        self.registered = False  # in the worker's epoll set
         seconds = int(io_timeout)
         timeval = struct.pack("ll", seconds, int((io_timeout - seconds) * 1e6))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)

@@ -230,8 +230,8 @@ class Worker:
         if self.reopen_logs:
             self.reopen_logs = False
             self.spec.logs.reopen()
-        if self.stop_at is not None and self.accepting:
-            self._accept_off_for_good()
+        if self.stop_at is not None and self.listeners:
+            self._accept_off_for_good()  # also when paused for lack of a free thread
         self._sweep(now)
         if self.stop_at is not None:
             if not self.conns and not self.busy:
@@ -314,11 +314,13 @@ class Worker:
         self.conns[conn.fd] = conn
         if self.pool is None:
             self.epoll.register(conn.fd, select.EPOLLIN)
+            conn.registered = True
             self._readable(conn)  # the request usually arrived with the connection
         else:
-            # Registered disarmed (a thread owns it now; re-armed when handed back), and
-            # served at once: waiting for epoll to report the first request costs a round trip.
-            self.epoll.register(conn.fd, select.EPOLLONESHOT)
+            # Straight to a thread: waiting for epoll to report the first request costs a
+            # round trip. It enters epoll only when a thread hands it back; registering it
+            # now, even without EPOLLIN, would let an EPOLLHUP/EPOLLERR (always reported)
+            # hand the same connection to a second thread.
             self._readable(conn)
         return True
 
@@ -357,7 +359,7 @@ class Worker:
             conn.busy = False
             self.busy -= 1
             if keep:
-                self.epoll.modify(conn.fd, select.EPOLLIN | select.EPOLLONESHOT)
+                self._arm(conn)
             else:
                 self._forget(conn)
                 conn.close()
@@ -402,8 +404,20 @@ class Worker:
         except OSError:
             pass
 
+    def _arm(self, conn: Connection) -> None:
+        """Back in epoll, for one event (EPOLLONESHOT): the next request goes to one thread."""
+        events = select.EPOLLIN | select.EPOLLONESHOT
+        if conn.registered:
+            self.epoll.modify(conn.fd, events)
+        else:
+            self.epoll.register(conn.fd, events)
+            conn.registered = True
+
     def _forget(self, conn: Connection) -> None:
-        if self.conns.pop(conn.fd, None) is not None:
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+        if conn.registered:
+            conn.registered = False
             try:
                 self.epoll.unregister(conn.fd)
             except (OSError, ValueError):
