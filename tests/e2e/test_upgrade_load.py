@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
+import requests
 from load import (
     LoadGenerator,
     PidfilePoller,
@@ -37,12 +39,45 @@ from load import (
     fetch,
     run_upgrade_tool,
     standard_clients,
+    tcp_session,
 )
 from support import free_port, wait_for, write_app
 
 from pidfiles import procs
 
 TOOLS = ["cli", "script", "cli", "cli", "script", "cli", "script", "cli"]  # 5 cli + 3 script
+
+
+class _HeldRequest:
+    """A 2 s request on a kept-alive connection, started and seen in the app's hands
+    (its `inflight-*` mark file) before the upgrade begins."""
+
+    SECONDS = 2.0
+
+    def __init__(self, base: str, folder: Path) -> None:
+        before = set(folder.glob("inflight-*"))
+        self.result: list[requests.Response | BaseException] = []
+        self.thread = threading.Thread(target=self._run, args=(base,), daemon=True)
+        self.thread.start()
+        wait_for(lambda: set(folder.glob("inflight-*")) - before,
+                 what="the held request to reach a worker")
+
+    def _run(self, base: str) -> None:
+        try:
+            with tcp_session() as session:
+                self.result.append(session.get(f"{base}/slow/{self.SECONDS}?mark", timeout=20))
+        except BaseException as exc:  # recorded, then asserted on
+            self.result.append(exc)
+
+    def assert_answered_by_retiring(self, old_master: int) -> None:
+        self.thread.join(20)
+        assert len(self.result) == 1, "the held request never finished"
+        response = self.result[0]
+        assert isinstance(response, requests.Response), f"held request failed: {response!r}"
+        assert response.status_code == 200
+        assert response.json()["master"] == old_master
+        assert response.headers.get("Connection", "").lower() == "close", \
+            "a retiring worker answers what it holds with Connection: close"
 
 
 def _straddlers(records: list[Record], old_master: int, ready_wall: float) -> list[Record]:
@@ -114,8 +149,12 @@ def test_upgrades_under_load_drop_no_request(masters, tmp_path: Path) -> None:
                      what=f"kept-alive clients to sit on connections to master {old}")
             version = f"v{number}"
             write_app(tmp_path, "app", app_source(version))
+            # Besides the load's own slow clients, one request that surely straddles the
+            # retirement: in an old worker's hands before USR2, longer than any boot.
+            held = _HeldRequest(base, tmp_path)
             run = run_upgrade_tool(tool, m.pidfile)
             runs.append(run)
+            held.assert_answered_by_retiring(old)
             assert run.returncode == 0, run.explain()
             new = m.current_pid()
             assert new is not None and new != old, run.explain()
@@ -141,8 +180,9 @@ def test_upgrades_under_load_drop_no_request(masters, tmp_path: Path) -> None:
         switch = poller.switch_to(up["new"])
         assert switch is not None, f"the poller never saw PIDFILE name {up['new']}"
         assert up["started"] < switch.seen < up["ended"] + 0.5
+        # The held request above proves it for every upgrade; this counts how many of
+        # the load's own slow requests straddled it too (for the report).
         straddlers = _straddlers(records, up["old"], switch.mtime)
-        assert straddlers, f"upgrade {i + 1}: no slow request in flight at the retirement"
         pairs = _idle_across_retirement(records, up["old"])
         assert pairs, f"upgrade {i + 1}: no pauser idle across the retirement"
         up["pidfile_switch_after"] = switch.seen - up["started"]
