@@ -91,28 +91,26 @@ def descendants(root: int, table: list[ProcInfo] | None = None) -> list[ProcInfo
     return found
 
 
-def status_kb(pid: int, field: str) -> int | None:
-    """A kB field of /proc/<pid>/status (VmRSS, ...); None when gone."""
+def _kb_field(path: str, field: str) -> int | None:
+    """The kB value of `field:` in a /proc file of `name: value kB` lines; None when gone."""
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def status_kb(pid: int, field: str) -> int | None:
+    """A kB field of /proc/<pid>/status (VmRSS, ...); None when gone."""
+    return _kb_field(f"/proc/{pid}/status", field)
 
 
 def pss_kb(pid: int, field: str = "Pss") -> int | None:
     """Proportional set size (or Pss_Anon, ...): shared pages split between their sharers."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return _kb_field(f"/proc/{pid}/smaps_rollup", field)
 
 
 def fd_count(pid: int) -> int | None:
