@@ -382,11 +382,7 @@ class Worker:
                 # Its body broke the parser: no more of it can ever be parsed, so an app
                 # reading it would wait for the I/O timeout. Refuse it instead.
                 break
-            try:
-                keep = wsgi.handle(self.site, conn, req)
-            except HttpError as exc:  # a malformed body discovered while the app read it
-                error = exc
-                break
+            keep = wsgi.handle(self.site, conn, req)  # it answers every error of its own
             if not keep:
                 return False
         if error is not None:
