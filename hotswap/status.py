@@ -10,8 +10,6 @@ from typing import Any
 
 from pidfiles import Pidfile, PidfileError, procs
 
-WORKER_TITLE = "hotswap: worker"
-
 
 def describe_masters(pidfile: Pidfile) -> tuple[list[dict[str, Any]], bool]:
     """The live masters named by PIDFILE ("current") and PIDFILE.oldbin ("old"), and
@@ -34,8 +32,7 @@ def describe_masters(pidfile: Pidfile) -> tuple[list[dict[str, Any]], bool]:
 def describe(pid: int, role: str) -> dict[str, Any]:
     env = procs.environ(pid) or {}
     generation = env.get("HOTSWAP_GENERATION", "1" if env else None)
-    workers = [c for c in procs.children(pid)
-               if (procs.cmdline(c) or "").startswith(WORKER_TITLE)]
+    workers = procs.hotswap_workers(pid)
     return {
         "role": role,
         "pid": pid,

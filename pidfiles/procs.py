@@ -103,6 +103,16 @@ def is_hotswap_master(pid: int) -> bool:
     return "hotswap" in cmd and not cmd.startswith(_WORKER_PREFIX)
 
 
+def is_hotswap_worker(pid: int) -> bool:
+    """True if ``pid`` carries a hotswap worker's process title."""
+    return (cmdline(pid) or "").startswith(_WORKER_PREFIX)
+
+
+def hotswap_workers(pid: int) -> list[int]:
+    """The live children of master ``pid`` that are workers (not a new master it forked)."""
+    return [child for child in children(pid) if is_hotswap_worker(child)]
+
+
 def parent_pid(pid: int) -> int | None:
     """The parent's pid (PPid), or None if the process is gone."""
     status = _status(pid)

@@ -21,8 +21,6 @@ import requests
 
 from pidfiles import procs
 
-WORKER_TITLE = "hotswap: worker"
-
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
              what: str = "condition") -> Any:
@@ -54,7 +52,7 @@ def has_ipv6_loopback() -> bool:
 
 
 def workers_of(pid: int) -> list[int]:
-    return [c for c in procs.children(pid) if (procs.cmdline(c) or "").startswith(WORKER_TITLE)]
+    return procs.hotswap_workers(pid)
 
 
 def group_members(pgid: int) -> list[int]:

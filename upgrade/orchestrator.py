@@ -27,8 +27,6 @@ T = TypeVar("T")
 # A stopped master gets this long to exit on QUIT before SIGKILL. Module level so that
 # tests (and impatient operators) can shorten it without touching the step deadlines.
 KILL_GRACE = 5.0
-# Workers rename themselves to this; anything else that M1 forked is the new master.
-WORKER_TITLE = "hotswap: worker"
 # A master's title may carry its generation (see _generation for why it has to).
 _GENERATION_IN_TITLE = re.compile(r"\bgen(?:eration)?[ =:#]?(\d+)\b")
 
@@ -377,7 +375,7 @@ def _new_master_candidates(m1: int) -> list[int]:
     ]
     if by_env:
         return by_env
-    return [pid for pid in children if not (procs.cmdline(pid) or "").startswith(WORKER_TITLE)]
+    return [pid for pid in children if not procs.is_hotswap_worker(pid)]
 
 
 def _generation(pid: int) -> int | None:
