@@ -22,15 +22,12 @@ from listeners import (
     parse_bind,
     reconcile,
 )
+from upgrade.names import ENV_FOREIGN_FDS, ENV_GENERATION, ENV_PARENT_PID
 from upgrade.readiness import ReadinessError, announce_failure, ready_fd_from_env
-from upgrade.reexec import ENV_GENERATION, ENV_PARENT_PID
 
 from .errors import StartupError
 
 DEFAULT_BIND = "127.0.0.1:8000"
-# Sockets somebody else created (systemd, or fd://N given by the operator): we never unlink
-# their paths. Passed down the generations, since HOTSWAP_FDS alone cannot tell.
-ENV_FOREIGN_FDS = "HOTSWAP_FOREIGN_FDS"
 
 
 @dataclass

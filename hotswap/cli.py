@@ -61,6 +61,16 @@ def main() -> None:
 @click.option("--backlog", type=int, help="Listen queue length. [2048]")
 @click.option("--upgrade-timeout", type=float,
               help="A new master not ready within this is stopped (s). [60]")
+@click.option("--upgrade-mode", type=click.Choice(["auto", "manual"]),
+              help="auto: USR2 alone finishes or rolls back the upgrade; manual: the old "
+                   "generation waits for WINCH and QUIT. [auto]")
+@click.option("--watch-window", type=float,
+              help="After the handover, roll back on repeated worker crashes or a failed "
+                   "health check for this long (s); 0 commits at once. [10]")
+@click.option("--health-path", help="Each new worker GETs this path from the app in-process "
+                                    "and boots only on a 2xx. [off]")
+@click.option("--health-url", help="Probed on the new generation only (never the old one) "
+                                   "before it goes live and during the watch window. [off]")
 def start(**params: Any) -> None:
     """Serve APP (module:callable; the built-in demo app when omitted)."""
     ctx = click.get_current_context()

@@ -52,6 +52,10 @@ class Config:
     forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
     backlog: int = 2048
     upgrade_timeout: float = 60.0
+    upgrade_mode: str = "auto"  # auto: USR2 alone finishes or rolls back; manual: WINCH/QUIT by hand
+    watch_window: float = 10.0  # seconds after the handover during which a failure rolls back
+    health_path: str | None = None  # each new worker GETs this from the app in-process at boot
+    health_url: str | None = None  # probed on the new generation only, before it goes live
     config: str | None = None
 
     def validate(self) -> Config:
@@ -64,6 +68,15 @@ class Config:
         _check(self.max_requests >= 0, "max-requests must not be negative")
         _check(self.max_requests_jitter >= 0, "max-requests-jitter must not be negative")
         _check(self.upgrade_timeout > 0, "upgrade-timeout must be positive")
+        _check(self.upgrade_mode in ("auto", "manual"), "upgrade-mode must be auto or manual")
+        _check(self.watch_window >= 0, "watch-window must not be negative")
+        for option, value in (("health-path", self.health_path), ("health-url", self.health_url)):
+            _check(value is None or value.strip() == value and value != "",
+                   f"{option} must not be empty or padded with spaces")
+        _check(self.health_path is None or self.health_path.startswith("/"),
+               "health-path must start with /, e.g. /healthz")
+        _check(self.health_url is None or self.health_url.startswith(("http://", "/")),
+               "health-url must be http://HOST[:PORT]/PATH or a /PATH")
         _check(self.backlog >= 1, "backlog must be at least 1")
         for limit in ("limit_request_line", "limit_request_fields", "limit_request_field_size"):
             _check(getattr(self, limit) >= 1, f"{limit.replace('_', '-')} must be at least 1")

@@ -57,6 +57,8 @@ class WorkerSpec:
     generation: int
     logs: Logs
     app: Callable[..., Any] | None  # preloaded in the master, or None to load here
+    parked: bool = False  # boot without accepting on `listeners` until SIGHUP (see Parking)
+    probe: Listener | None = None  # private listener served even while parked (--health-url)
 
 
 def run(spec: WorkerSpec) -> None:

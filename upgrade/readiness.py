@@ -18,7 +18,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Literal
 
-ENV_READY_FD = "HOTSWAP_READY_FD"
+from .names import ENV_READY_FD
 
 # A message longer than this is not a message: refuse it rather than buffer a
 # misbehaving writer's output forever. Writers cap the reason well below it.

@@ -19,11 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from .readiness import ENV_READY_FD, fold_line
-
-ENV_PARENT_PID = "HOTSWAP_PARENT_PID"
-ENV_FDS = "HOTSWAP_FDS"
-ENV_GENERATION = "HOTSWAP_GENERATION"
+from .names import ENV_FDS, ENV_GENERATION, ENV_PARENT_PID, ENV_READY_FD
+from .readiness import fold_line
 
 __all__ = [
     "ENV_FDS",
