@@ -7,6 +7,8 @@ these byte for byte; the shell script keeps its own copies (it cannot import Pyt
 
 from __future__ import annotations
 
+from listeners.inherit import ENV_FDS  # noqa: F401  (re-exported: defined where it is parsed)
+
 # -- environment passed from the old master to the new one ---------------------------
 ENV_PARENT_PID = "HOTSWAP_PARENT_PID"
 ENV_READY_FD = "HOTSWAP_READY_FD"
