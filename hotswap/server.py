@@ -20,6 +20,7 @@ from .arbiter import Arbiter
 from .boot import Lineage, daemonize, open_listeners, read_lineage
 from .errors import StartupError
 from .logs import Logs, redirect_stdio
+from .proctitle import set_title
 
 
 def serve(flags: dict[str, Any]) -> int:
@@ -32,6 +33,10 @@ def serve(flags: dict[str, Any]) -> int:
         logs = _open_logs(cfg)
         pidfile = Pidfile(cfg.pidfile) if cfg.pidfile else None
         first = lineage.parent_pid is None
+        if first:
+            # Titled before the pidfile is claimed: a master is recognised by its title
+            # and by having started before it wrote its pidfile (pidfiles.procs).
+            set_title("master", cfg.name)
         if pidfile is not None and first:
             # Before binding: started twice, the second would otherwise only say that
             # the address is in use, not that the server already runs.

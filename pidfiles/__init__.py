@@ -1,10 +1,27 @@
 """Pidfiles for a prefork server: race-free creation, stale detection, ``.oldbin``
 rotation for live upgrades, rollback, and removal of only what is ours.
 
-Standalone: imports nothing from the rest of hotswap.
+A pidfile holds a bare pid (so ``kill $(cat P)`` works); who it names is judged by
+``Pidfile.identify()``: a hotswap master is recognised by its exact process title and by
+having started before the file was written, never by a substring of its command line.
+
+Standalone but for ``upgrade.names`` (the protocol's titles and variable names).
 """
 
 from . import procs
-from .pidfile import AlreadyRunning, Pidfile, PidfileError
+from .pidfile import (
+    DEAD,
+    MASTER,
+    MISSING,
+    REUSED,
+    SAME,
+    STRANGER,
+    UNREADABLE,
+    AlreadyRunning,
+    Finding,
+    Pidfile,
+    PidfileError,
+)
 
-__all__ = ["AlreadyRunning", "Pidfile", "PidfileError", "procs"]
+__all__ = ["DEAD", "MASTER", "MISSING", "REUSED", "SAME", "STRANGER", "UNREADABLE",
+           "AlreadyRunning", "Finding", "Pidfile", "PidfileError", "procs"]

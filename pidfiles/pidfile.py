@@ -23,6 +23,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from . import procs
 
@@ -47,6 +48,60 @@ class AlreadyRunning(PidfileError):
         super().__init__(f"already running as pid {pid} (pidfile {path})")
         self.pid = pid
         self.path = path
+
+
+# Verdicts of Pidfile.identify() / identify_oldbin().
+MISSING = "missing"  # no such file
+UNREADABLE = "unreadable"  # empty, half-written, garbage, or not a readable file
+DEAD = "dead"  # names a pid that runs nothing (gone, or a zombie)
+STRANGER = "stranger"  # names a live process that is not titled like a hotswap master
+REUSED = "reused"  # titled like a master, but started after the file was written
+SAME = "same"  # .oldbin naming the very master PIDFILE names: no upgrade is told by it
+MASTER = "master"  # names the hotswap master that wrote it
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one pidfile names, judged: a verdict and one line an operator can act on.
+
+    Only a MASTER finding may ever lead to a signal; every other verdict is a file to
+    ignore (and mention), never a reason to refuse forever.
+    """
+
+    path: str
+    verdict: str
+    pid: int | None
+    message: str
+
+    @property
+    def is_master(self) -> bool:
+        return self.verdict == MASTER
+
+
+def _printable(text: str, limit: int = 120) -> str:
+    """``text`` folded to one short printable line, for quoting a foreign command line."""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _judge(path: str, text: str, written_at: float) -> Finding:
+    """The verdict on a pidfile holding ``text``, last written at ``written_at``."""
+    pid = _parse_pid(text)
+    if pid is None:
+        shown = text.strip()
+        why = f"holds no pid: {_printable(shown, 40)!r}" if shown else "it is empty"
+        return Finding(path, UNREADABLE, None, f"{path} is unreadable: {why}")
+    if not procs.is_alive(pid):
+        return Finding(path, DEAD, pid, f"{path} names {pid}, which is not running")
+    if procs.is_hotswap_master(pid, written_at):
+        return Finding(path, MASTER, pid, f"{path} names master {pid}")
+    if procs.is_hotswap_master(pid):
+        return Finding(path, REUSED, pid,
+                       f"{path} names {pid}, titled like a hotswap master but started after "
+                       f"the file was written (the pid was reused)")
+    cmd = _printable(procs.cmdline(pid) or "")
+    return Finding(path, STRANGER, pid,
+                   f"{path} names {pid}, which is not a hotswap master (cmdline: {cmd})")
 
 
 def _parse_pid(text: str) -> int | None:
@@ -201,7 +256,16 @@ def _stale_warning(path: str, text: str, pid: int | None) -> str:
         return f"removed stale pidfile {path} holding no pid: {shown[:40]!r}"
     if not procs.is_alive(pid):
         return f"removed stale pidfile {path} naming dead pid {pid}"
-    return f"removed stale pidfile {path} naming pid {pid}, a live process that is not a master"
+    cmd = _printable(procs.cmdline(pid) or "")
+    return (f"removed stale pidfile {path} naming pid {pid}, a live process that is not "
+            f"the master that wrote it (cmdline: {cmd})")
+
+
+def _live(is_live_master: Callable[[int], bool] | None, pid: int, written_at: float) -> bool:
+    """The caller's liveness test, or by default the identity check against the mtime."""
+    if is_live_master is not None:
+        return is_live_master(pid)
+    return procs.is_hotswap_master(pid, written_at)
 
 
 class Pidfile:
@@ -237,12 +301,40 @@ class Pidfile:
         snap = _snapshot(self.oldbin_path, _PIDFILE)
         return None if snap is None else _parse_pid(snap[0])
 
+    def identify(self) -> Finding:
+        """What PIDFILE names: a master, or why it is to be ignored. Never raises."""
+        return self._identify(self.path)
+
+    def identify_oldbin(self, current: Finding | None = None) -> Finding:
+        """What PIDFILE.oldbin names. Given PIDFILE's finding ``current``, an .oldbin naming
+        that same master is SAME: left by an upgrade that could not remove it (or one
+        still booting its new master), it tells of no old generation."""
+        found = self._identify(self.oldbin_path)
+        if found.is_master and current is not None and current.is_master \
+                and current.pid == found.pid:
+            return Finding(found.path, SAME, found.pid,
+                           f"{found.path} names {found.pid}, the master {self.path} names too")
+        return found
+
+    def _identify(self, path: str) -> Finding:
+        try:
+            snap = _snapshot(path, _PIDFILE)
+        except PidfileError as err:
+            return Finding(path, UNREADABLE, None, str(err))
+        if snap is None:
+            return Finding(path, MISSING, None, f"{path} does not exist")
+        text, st = snap
+        return _judge(path, text, st.st_mtime)
+
     # -- starting ----------------------------------------------------------
 
     def claim(
-        self, pid: int, is_live_master: Callable[[int], bool] = procs.is_hotswap_master
+        self, pid: int, is_live_master: Callable[[int], bool] | None = None
     ) -> str | None:
         """Make PIDFILE name ``pid`` at start; refuse if another master runs.
+
+        ``is_live_master`` defaults to the identity check of procs.is_hotswap_master
+        against the file's mtime (a master started before it wrote its pidfile).
 
         Returns None when the file was created (or already named ``pid``),
         or a one-line warning when a stale file (dead pid, a pid reused by
@@ -275,7 +367,7 @@ class Pidfile:
             _unlink_quietly(tmp)
 
     def _claim_from(
-        self, tmp: str, pid: int, is_live_master: Callable[[int], bool]
+        self, tmp: str, pid: int, is_live_master: Callable[[int], bool] | None
     ) -> str | None:
         for _ in range(_CLAIM_ATTEMPTS):
             if self._link_if_absent(tmp):
@@ -283,11 +375,11 @@ class Pidfile:
             snap = _snapshot(self.path, _PIDFILE)
             if snap is None:
                 continue  # removed between our link and our read: try again
-            text = snap[0]
+            text, st = snap
             current = _parse_pid(text)
             if current == pid:
                 return None
-            if current is not None and is_live_master(current):
+            if current is not None and _live(is_live_master, current, st.st_mtime):
                 raise AlreadyRunning(current, self.path)
             warning = _stale_warning(self.path, text, current)
             _replace(tmp, self.path, _PIDFILE)
@@ -311,11 +403,19 @@ class Pidfile:
         _replace(tmp, self.path, _PIDFILE)
         return True
 
-    def _check_not_overtaken(self, pid: int, is_live_master: Callable[[int], bool]) -> None:
+    def _check_not_overtaken(
+        self, pid: int, is_live_master: Callable[[int], bool] | None
+    ) -> None:
         """After replacing a stale file, back off if a rival starter replaced it too."""
-        current = self.read()
-        if current is not None and current != pid and is_live_master(current):
+        current, written_at = self._read_with_mtime()
+        if current is not None and current != pid and _live(is_live_master, current, written_at):
             raise AlreadyRunning(current, self.path)
+
+    def _read_with_mtime(self) -> tuple[int | None, float]:
+        snap = _snapshot(self.path, _PIDFILE)
+        if snap is None:
+            return None, 0.0
+        return _parse_pid(snap[0]), snap[1].st_mtime
 
     # -- writing -----------------------------------------------------------
 
@@ -331,7 +431,7 @@ class Pidfile:
         self,
         pid: int,
         other: int | None,
-        is_live_master: Callable[[int], bool] = procs.is_hotswap_master,
+        is_live_master: Callable[[int], bool] | None = None,
     ) -> bool:
         """Rollback: make PIDFILE name ``pid`` again after new master ``other`` failed.
 
@@ -341,10 +441,11 @@ class Pidfile:
         took over; clobbering it would orphan them). Returns True if written.
         Check-then-rename: a write landing between the two is overwritten.
         """
-        current = self.read()
+        current, written_at = self._read_with_mtime()
         if current == pid:
             return False
-        if current is not None and current != other and is_live_master(current):
+        if current is not None and current != other \
+                and _live(is_live_master, current, written_at):
             return False
         self.write(pid)
         return True

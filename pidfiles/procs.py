@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 
+from upgrade.names import ENV_PARENT_PID, TITLE_MASTER, TITLE_WORKER
+
 _PROC = "/proc"
-_WORKER_PREFIX = "hotswap: worker"
 
 
 def _read_bytes(path: str) -> bytes | None:
@@ -87,30 +88,83 @@ def cmdline(pid: int) -> str | None:
     return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
 
 
-def is_hotswap_master(pid: int) -> bool:
-    """True if ``pid`` looks like a live hotswap master.
+def title(pid: int) -> str | None:
+    """The process title exactly as set, or None when it is not one single argument.
 
-    Pids are reused: after a crash or reboot the number in a pidfile may
-    belong to an unrelated program, which must not block a start nor be
-    signalled. A worker carries "hotswap" in its title too, but is never
-    the owner of a pidfile.
+    setproctitle writes the title over the argument area and pads it with NULs, so
+    /proc/PID/cmdline reads ``title\\0\\0...``. A NUL *inside* means several arguments:
+    ``["hotswap: mast", "er"]`` is no title, although joined with spaces or with the
+    NULs dropped (as a shell does) it would read like one.
     """
-    if not is_alive(pid):
+    raw = _read_bytes(f"{_PROC}/{pid}/cmdline")
+    if raw is None:
+        return None
+    text = raw.rstrip(b"\0")
+    if not text or b"\0" in text:
+        return None
+    return text.decode("utf-8", "replace")
+
+
+def _has_title(pid: int, role_title: str) -> bool:
+    """True if ``pid`` is titled exactly ``role_title`` or ``role_title [NAME]``."""
+    found = title(pid)
+    if found is None:
         return False
-    cmd = cmdline(pid)
-    if not cmd:
+    return found == role_title or (found.startswith(role_title + " [") and found.endswith("]"))
+
+
+def started_by(pid: int, moment: float) -> bool:
+    """True if ``pid`` started no later than ``moment`` (a Unix time, e.g. a file's mtime).
+
+    A master always starts before it writes its pidfile; a process that got the pid
+    after the master died started after. start_time() is rounded down (boot time is
+    truncated to the second, ticks to 1/100 s), so a real master is never judged to
+    have started late; a stranger that started less than a second after the write
+    would slip through, which pid reuse practically never produces.
+    """
+    started = start_time(pid)
+    return started is not None and started <= moment
+
+
+def is_hotswap_master(pid: int, written_at: float | None = None) -> bool:
+    """True if ``pid`` is a live hotswap master (that wrote a file at ``written_at``).
+
+    Pids are reused: after a crash or reboot the number in a pidfile may belong to
+    another program, even one whose command line mentions "hotswap" or that titled
+    itself like a master. So a master is recognised by its exact title
+    (``hotswap: master`` or ``hotswap: master [NAME]``) and, when the caller knows when
+    the pidfile was written (its mtime), by having started before that.
+    """
+    if not is_alive(pid) or not _has_title(pid, TITLE_MASTER):
         return False
-    return "hotswap" in cmd and not cmd.startswith(_WORKER_PREFIX)
+    return written_at is None or started_by(pid, written_at)
 
 
 def is_hotswap_worker(pid: int) -> bool:
-    """True if ``pid`` carries a hotswap worker's process title."""
-    return (cmdline(pid) or "").startswith(_WORKER_PREFIX)
+    """True if ``pid`` is titled exactly like a worker (``hotswap: worker[ [NAME]]``)."""
+    return is_alive(pid) and _has_title(pid, TITLE_WORKER)
 
 
 def hotswap_workers(pid: int) -> list[int]:
     """The live children of master ``pid`` that are workers (not a new master it forked)."""
     return [child for child in children(pid) if is_hotswap_worker(child)]
+
+
+def is_new_master_of(pid: int, parent: int) -> bool:
+    """True if ``pid`` is a new master forked by master ``parent`` for an upgrade.
+
+    Before it sets its title, a booting new master is only recognisable this way: a
+    child of the old master whose exec-time environment names that parent. Both facts
+    together cannot hold for a stranger.
+    """
+    if parent_pid(pid) != parent or not is_alive(pid):
+        return False
+    return (environ(pid) or {}).get(ENV_PARENT_PID) == str(parent)
+
+
+def new_masters_of(parent: int) -> list[int]:
+    """The new masters ``parent`` forked (booting or ready) that are still its children."""
+    return [child for child in children(parent) if is_new_master_of(child, parent)]
 
 
 def parent_pid(pid: int) -> int | None:
@@ -246,7 +300,7 @@ def rss_bytes(pid: int) -> int | None:
 
 def environ(pid: int) -> dict[str, str] | None:
     """The environment `pid` was exec'd with (not later changes), or None if unreadable."""
-    raw = _read_bytes(f"/proc/{pid}/environ")
+    raw = _read_bytes(f"{_PROC}/{pid}/environ")
     if raw is None:
         return None
     env: dict[str, str] = {}

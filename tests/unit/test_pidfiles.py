@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import pidfiles
 from pidfiles import AlreadyRunning, Pidfile, PidfileError, procs
 
 SLEEP = "import time; time.sleep(30)"
@@ -38,6 +39,25 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         started.append(proc)
         # cmdline is only final once the exec has happened
         wait_until(lambda: "time.sleep" in (procs.cmdline(proc.pid) or ""))
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def titled() -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    """Start Python children that set their process title (as a master does); reaped at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(title: str) -> subprocess.Popen[bytes]:
+        code = f"import setproctitle; setproctitle.setproctitle({title!r}); {SLEEP}"
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        started.append(proc)
+        wait_until(lambda: procs.title(proc.pid) == title)
         return proc
 
     yield start
@@ -121,14 +141,19 @@ def test_cmdline_joins_arguments_and_is_none_when_gone(spawn, dead_pid: int) -> 
     assert procs.cmdline(dead_pid) is None
 
 
-def test_is_hotswap_master_recognises_masters_not_workers(spawn, dead_pid: int) -> None:
-    brief_style = spawn("hotswap-test")
-    titled_master = spawn(argv0="hotswap: master [app:app]")
-    worker = spawn(argv0="hotswap: worker [app:app]")
+def test_is_hotswap_master_recognises_masters_not_workers(spawn, titled, dead_pid: int) -> None:
+    master = titled("hotswap: master")
+    named = titled("hotswap: master [app:app]")
+    worker = titled("hotswap: worker [app:app]")
+    mentions = spawn("hotswap-test")  # "hotswap" in its command line
+    argv0 = spawn(argv0="hotswap: master")  # the title as argv[0], but more arguments follow
     other = spawn(argv0="sleeper")
-    assert procs.is_hotswap_master(brief_style.pid)
-    assert procs.is_hotswap_master(titled_master.pid)
+    assert procs.is_hotswap_master(master.pid)
+    assert procs.is_hotswap_master(named.pid)
     assert not procs.is_hotswap_master(worker.pid)
+    assert procs.is_hotswap_worker(worker.pid) and not procs.is_hotswap_worker(master.pid)
+    assert not procs.is_hotswap_master(mentions.pid)
+    assert not procs.is_hotswap_master(argv0.pid)
     assert not procs.is_hotswap_master(other.pid)
     assert not procs.is_hotswap_master(dead_pid)
 
@@ -198,6 +223,123 @@ def test_rss_bytes_is_plausible(spawn, dead_pid: int) -> None:
     # Right after exec the interpreter is still mapping itself in: let it grow.
     wait_until(lambda: (procs.rss_bytes(pid) or 0) > 1024 * 1024)
     assert procs.rss_bytes(dead_pid) is None
+
+
+# ------------------------------------------------------------------ identity
+
+
+def _written_before(path: Path, pid: int, seconds: float = 60.0) -> None:
+    """Make ``path`` name ``pid`` with an mtime ``seconds`` ago (a pidfile from before)."""
+    path.write_text(f"{pid}\n")
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_a_titled_master_that_wrote_the_file_is_a_master(tmp_path: Path, titled) -> None:
+    master = titled("hotswap: master [app:app]")
+    pf = Pidfile(tmp_path / "x.pid")
+    pf.write(master.pid)  # after it started, as a real master does
+    found = pf.identify()
+    assert found.verdict == pidfiles.MASTER and found.is_master and found.pid == master.pid
+    assert found.message == f"{pf.path} names master {master.pid}"
+    written = os.stat(pf.path).st_mtime
+    assert procs.is_hotswap_master(master.pid, written)
+
+
+def test_a_master_title_set_by_a_process_younger_than_the_file_is_a_reused_pid(
+    tmp_path: Path, titled
+) -> None:
+    impostor = titled("hotswap: master")
+    pf = Pidfile(tmp_path / "x.pid")
+    _written_before(Path(pf.path), impostor.pid)
+    written = os.stat(pf.path).st_mtime
+    assert procs.is_hotswap_master(impostor.pid)  # the title alone would fool us
+    assert not procs.is_hotswap_master(impostor.pid, written)
+    found = pf.identify()
+    assert found.verdict == pidfiles.REUSED and not found.is_master
+    assert "started after the file was written" in found.message
+    # and it neither blocks a start nor survives a rollback's restore
+    assert pf.claim(os.getpid()) is not None
+    assert pf.read() == os.getpid()
+    _written_before(Path(pf.path), impostor.pid)
+    assert pf.restore(os.getpid(), None) is True
+    assert impostor.poll() is None
+
+
+def test_a_sleep_with_hotswap_in_its_argv_is_a_stranger(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["hotswap", "30"], executable="sleep")
+    other = subprocess.Popen(["hotswap: master", "30"], executable="sleep")
+    try:
+        wait_until(lambda: procs.cmdline(sleeper.pid) == "hotswap 30")
+        wait_until(lambda: procs.cmdline(other.pid) == "hotswap: master 30")
+        for proc in (sleeper, other):
+            pf = Pidfile(tmp_path / f"{proc.pid}.pid")
+            _written_before(Path(pf.path), proc.pid, seconds=-60)  # even written "later"
+            found = pf.identify()
+            assert found.verdict == pidfiles.STRANGER, found
+            assert found.message == (f"{pf.path} names {proc.pid}, which is not a hotswap "
+                                     f"master (cmdline: {procs.cmdline(proc.pid)})")
+            assert not procs.is_hotswap_master(proc.pid)
+    finally:
+        for proc in (sleeper, other):
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_identify_missing_dead_and_unreadable_never_raise(tmp_path: Path, dead_pid: int) -> None:
+    pf = Pidfile(tmp_path / "x.pid")
+    assert pf.identify().verdict == pidfiles.MISSING
+    assert pf.identify().message == f"{pf.path} does not exist"
+    pf.write(dead_pid)
+    assert pf.identify().verdict == pidfiles.DEAD
+    assert pf.identify().message == f"{pf.path} names {dead_pid}, which is not running"
+    for content, why in ((b"", "it is empty"), (b"12\x0034", "holds no pid: '12?34'"),
+                         (b"garbage", "holds no pid: 'garbage'")):
+        Path(pf.path).write_bytes(content)
+        found = pf.identify()
+        assert (found.verdict, found.pid) == (pidfiles.UNREADABLE, None)
+        assert found.message == f"{pf.path} is unreadable: {why}"
+    os.unlink(pf.path)
+    os.mkdir(pf.path)
+    found = pf.identify()
+    assert found.verdict == pidfiles.UNREADABLE and "not a regular file" in found.message
+
+
+def test_oldbin_naming_the_current_master_is_same_not_old(tmp_path: Path, titled,
+                                                          dead_pid: int) -> None:
+    master = titled("hotswap: master")
+    other = titled("hotswap: master")
+    pf = Pidfile(tmp_path / "x.pid")
+    pf.write(master.pid)
+    pf.write_oldbin(master.pid)
+    current = pf.identify()
+    found = pf.identify_oldbin(current)
+    assert found.verdict == pidfiles.SAME and not found.is_master
+    assert found.message == f"{pf.oldbin_path} names {master.pid}, the master {pf.path} names too"
+    pf.write_oldbin(other.pid)
+    assert pf.identify_oldbin(current).verdict == pidfiles.MASTER
+    pf.write_oldbin(dead_pid)
+    assert pf.identify_oldbin(current).verdict == pidfiles.DEAD
+
+
+def test_a_new_master_is_recognised_by_parent_and_environment(spawn) -> None:
+    env = {**os.environ, "HOTSWAP_PARENT_PID": str(os.getpid())}
+    new = subprocess.Popen([sys.executable, "-c", SLEEP], env=env)
+    wrong = subprocess.Popen([sys.executable, "-c", SLEEP],
+                             env={**os.environ, "HOTSWAP_PARENT_PID": str(os.getppid())})
+    try:
+        plain = spawn()
+        wait_until(lambda: "time.sleep" in (procs.cmdline(new.pid) or ""))
+        wait_until(lambda: "time.sleep" in (procs.cmdline(wrong.pid) or ""))
+        assert procs.is_new_master_of(new.pid, os.getpid())
+        assert not procs.is_new_master_of(wrong.pid, os.getpid())
+        assert not procs.is_new_master_of(plain.pid, os.getpid())
+        assert not procs.is_new_master_of(new.pid, os.getppid())
+        assert procs.new_masters_of(os.getpid()) == [new.pid]
+    finally:
+        for proc in (new, wrong):
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 # ------------------------------------------------------------ Pidfile basics
@@ -339,8 +481,8 @@ def test_claim_of_a_pidfile_already_naming_us(tmp_path: Path) -> None:
     assert tmp_files(tmp_path) == []
 
 
-def test_claim_refuses_when_a_live_hotswap_master_holds_it(tmp_path: Path, spawn) -> None:
-    master = spawn("hotswap-test")
+def test_claim_refuses_when_a_live_hotswap_master_holds_it(tmp_path: Path, titled) -> None:
+    master = titled("hotswap: master")
     pf = Pidfile(tmp_path / "x.pid")
     pf.write(master.pid)
     with pytest.raises(AlreadyRunning) as info:
@@ -450,9 +592,9 @@ def test_restore_writes_a_missing_pidfile(tmp_path: Path) -> None:
     assert pf.read() == os.getpid()
 
 
-def test_restore_takes_back_from_the_failed_new_master(tmp_path: Path, spawn) -> None:
+def test_restore_takes_back_from_the_failed_new_master(tmp_path: Path, titled) -> None:
     # even while the failed master still runs and looks like a master
-    failed = spawn("hotswap-test")
+    failed = titled("hotswap: master")
     pf = Pidfile(tmp_path / "x.pid")
     pf.write(failed.pid)
     assert pf.restore(os.getpid(), failed.pid) is True
@@ -469,8 +611,8 @@ def test_restore_replaces_a_dead_pid_and_garbage(tmp_path: Path, dead_pid: int) 
     assert pf.read() == os.getpid()
 
 
-def test_restore_leaves_another_live_master_alone(tmp_path: Path, spawn) -> None:
-    other_master = spawn("hotswap-test")
+def test_restore_leaves_another_live_master_alone(tmp_path: Path, titled) -> None:
+    other_master = titled("hotswap: master")
     pf = Pidfile(tmp_path / "x.pid")
     pf.write(other_master.pid)
     assert pf.restore(os.getpid(), 4242) is False
