@@ -16,11 +16,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from pidfiles import Pidfile, PidfileError, procs
+from pidfiles import MASTER, MISSING, SAME, Finding, Pidfile, procs
 
 from . import __version__
 from .errors import StartupError
-from .status import describe_masters
+from .status import SUSPECT, gather, not_running_message, render
 
 _PIDFILE = click.option("--pidfile", "-p", required=True, type=click.Path(dir_okay=False),
                         help="The pidfile the master was started with.")
@@ -119,21 +119,20 @@ def upgrade(pidfile: str, timeout: float, health_url: str | None, as_json: bool,
 @_PIDFILE
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(pidfile: str, as_json: bool) -> None:
-    """Show the running generation(s): pids, workers, generation, start time, upgrade state."""
-    masters, upgrading = describe_masters(Pidfile(pidfile))
+    """Show the masters (old, current, booting), workers, the upgrade's state and history.
+
+    Exit status: 0 a master runs, 3 none does, 1 PIDFILE names something that is not a
+    hotswap master (it is shown, never signalled).
+    """
+    found = gather(Pidfile(pidfile))
     if as_json:
-        click.echo(json.dumps({"masters": masters, "upgrade_in_progress": upgrading}, indent=2))
+        click.echo(json.dumps(found, indent=2))
     else:
-        if not masters:
-            click.echo(f"not running (pidfile {os.path.abspath(pidfile)})")
-        for m in masters:
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["started"])) \
-                if m["started"] else "?"
-            click.echo(f"{m['role']}: master {m['pid']}, generation {m['generation'] or '?'}, "
-                       f"{len(m['workers'])} worker(s) {m['workers']}, started {started}")
-        if upgrading:
-            click.echo("upgrade in progress")
-    sys.exit(0 if masters else 3)
+        for line in render(found):
+            click.echo(line)
+    if found["pidfile_verdict"] in SUSPECT:
+        _fail(found["pidfile_message"])
+    sys.exit(0 if found["masters"] else 3)
 
 
 @main.command()
@@ -143,18 +142,21 @@ def status(pidfile: str, as_json: bool) -> None:
 def stop(pidfile: str, fast: bool, timeout: float) -> None:
     """Stop the master(s) named by PIDFILE and PIDFILE.oldbin, and wait until they are gone."""
     pf = Pidfile(pidfile)
-    pids = [pid for pid in (_read(pf.read), _read(pf.read_oldbin))
-            if pid is not None and procs.is_hotswap_master(pid)]
+    current = _trusted(pf)
+    old = pf.identify_oldbin(current)
+    if old.verdict not in (MISSING, MASTER, SAME):
+        click.echo(f"hotswap: note: {old.message} (stale, ignored)", err=True)
+    pids = list(dict.fromkeys(f.pid for f in (current, old) if f.is_master and f.pid))
     if not pids:
-        _fail(f"no running master found through {pf.path}")
-    for pid in dict.fromkeys(pids):
+        _fail(not_running_message(pf, current))
+    for pid in pids:
         _kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while any(procs.is_alive(pid) for pid in pids):
         if time.monotonic() > deadline:
             _fail(f"master(s) {pids} still running after {timeout:g} s")
         time.sleep(0.05)
-    click.echo(f"stopped {', '.join(map(str, dict.fromkeys(pids)))}")
+    click.echo(f"stopped {', '.join(map(str, pids))}")
 
 
 @main.command()
@@ -162,19 +164,24 @@ def stop(pidfile: str, fast: bool, timeout: float) -> None:
 def reload(pidfile: str) -> None:
     """HUP: re-read the configuration and replace the workers gracefully."""
     pf = Pidfile(pidfile)
-    pid = _read(pf.read)
-    if pid is None or not procs.is_hotswap_master(pid):
-        _fail(f"no running master found through {pf.path}")
-    _kill(pid, signal.SIGHUP)
-    click.echo(f"sent HUP to {pid}")
+    current = _trusted(pf)
+    if not current.is_master or current.pid is None:
+        _fail(not_running_message(pf, current))
+        return
+    _kill(current.pid, signal.SIGHUP)
+    click.echo(f"sent HUP to {current.pid}")
 
 
-def _read(reader: Any) -> int | None:
-    try:
-        return reader()
-    except PidfileError as exc:
-        _fail(str(exc))
-    return None
+def _trusted(pf: Pidfile) -> Finding:
+    """PIDFILE's finding; a file naming something that is not our master ends the command.
+
+    A stranger (a pid reused by another program, even one titled like us) must never get
+    a signal, and guessing past an unreadable pidfile could hit one.
+    """
+    current = pf.identify()
+    if current.verdict in SUSPECT:
+        _fail(current.message)
+    return current
 
 
 def _kill(pid: int, sig: int) -> None:
