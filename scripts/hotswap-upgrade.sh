@@ -1,25 +1,38 @@
 #!/bin/sh
 # hotswap-upgrade.sh PIDFILE [TIMEOUT_SECONDS]
 #
-# Live-upgrade a running hotswap master: USR2 -> wait until the new master is
-# ready -> WINCH the old one -> wait until its workers are gone -> QUIT it,
-# rolling back on any failure so the old generation keeps serving.
+# Live-upgrade a running hotswap master and report how it ended. The master does the
+# whole upgrade by itself on USR2 (boot the new generation, hand over, watch, commit or
+# roll back) and writes each step to PIDFILE.upgrade; this script only checks that
+# PIDFILE names a real hotswap master, sends USR2 and follows that file. Killing the
+# script (Ctrl-C, a deploy tool's timeout) changes nothing: the upgrade goes on, and
+# `hotswap status` or the next run of this script sees how it ended.
 #
-# Plain POSIX sh on purpose: deploy hosts and minimal images (busybox) have no
-# Python to spare, so this uses only kill, sleep and /proc. Deadlines are
-# counted in poll iterations because there is no clock command we can rely on.
-# No health check: there is no HTTP client in sh (use `hotswap upgrade`).
+# Plain POSIX sh on purpose: deploy hosts and minimal images (busybox) have no Python to
+# spare. It uses kill, sleep, sed, stat -c %Y (GNU coreutils and busybox) and /proc.
 #
-# Progress goes to stderr; one final line goes to stdout:
-#   "upgraded: OLD -> NEW", "rolled back: REASON" or "failed: REASON".
-# Exit status: 0 upgraded, 1 failed or rolled back, 2 usage.
+# One final line goes to stdout, worded as `hotswap upgrade` words it:
+#   upgraded: OLD -> NEW (generation G), ready in X s, drained in Y s, handover Z s
+#   upgrade rolled back, old master OLD still serving: REASON
+#   upgrade failed, old master OLD still serving: REASON
+#   upgrade refused: REASON
+# or why nothing was sent, or that the upgrade still runs at TIMEOUT. Progress: stderr.
+# Exit status: 0 upgraded, 1 anything else, 2 usage.
 
 set -u
 
-POLL=0.05            # seconds between two looks at the pidfiles and /proc
+# --- the protocol's names: copies of upgrade/names.py (tests/unit/test_protocol_names.py) ---
+SUFFIX_STATE='.upgrade'
+SUFFIX_OLDBIN='.oldbin'
+TITLE_MASTER='hotswap: master'
+STATE_COMMITTED='committed'
+STATE_ROLLED_BACK='rolled-back'
+STATE_FAILED='failed'
+STATE_REFUSED='refused'
+
+POLL=0.05            # seconds between two reads of the state file
 POLLS_PER_SECOND=20  # must match POLL
-KILL_GRACE_POLLS=100 # a process told to QUIT gets 5 s before SIGKILL
-WORKER_TITLE='hotswap: worker'
+CLK_TCK=100          # USER_HZ: the unit of /proc/PID/stat start times on every Linux we run on
 
 say() {
     printf 'hotswap-upgrade: %s\n' "$*" >&2
@@ -33,196 +46,186 @@ finish() {
 
 usage() {
     printf 'usage: %s PIDFILE [TIMEOUT_SECONDS]\n' "${0##*/}" >&2
-    printf '  TIMEOUT_SECONDS: a whole number > 0, per step (default 60)\n' >&2
+    printf '  TIMEOUT_SECONDS: a whole number > 0, how long to follow the upgrade (default 60)\n' >&2
     exit 2
 }
 
-# read_pid FILE: PID := the pid in FILE; false (PID empty) when missing or garbled.
+# --- who a pidfile names -------------------------------------------------------------
+
+# read_pid FILE: PID := the pid in FILE; PID_PROBLEM says why not (missing, unreadable).
 read_pid() {
     PID=
+    PID_PROBLEM=
+    if [ ! -e "$1" ]; then
+        PID_PROBLEM="$1 does not exist"
+        return 1
+    fi
+    if [ ! -f "$1" ] || [ ! -r "$1" ]; then
+        PID_PROBLEM="$1 is unreadable: not a readable file"
+        return 1
+    fi
     _rest=
     { read -r PID _rest < "$1"; } 2>/dev/null
-    case $PID in
-        '' | *[!0-9]*) PID=; return 1 ;;
+    case $PID$_rest in
+        '') PID_PROBLEM="$1 is unreadable: it is empty" ;;
+        *[!0-9]* | 0*) PID_PROBLEM="$1 is unreadable: it holds no pid" ;;
+        *) return 0 ;;
     esac
-    return 0
+    PID=
+    return 1
 }
 
-# read_status PID: STATE and PPID_OF from /proc/PID/status, empty when gone.
-read_status() {
-    STATE=
-    PPID_OF=
-    { while read -r _key _value _rest; do
-        case $_key in
-            State:) STATE=$_value ;;
-            PPid:) PPID_OF=$_value; break ;;
-        esac
-    done < "/proc/$1/status"; } 2>/dev/null
-}
-
-# alive PID: true for a running process; a zombie already serves nothing.
+# alive PID: true for a running process; a zombie serves nothing.
 alive() {
-    case ${1:-} in
-        '' | *[!0-9]*) return 1 ;;
-    esac
-    read_status "$1"
-    case $STATE in
+    _state=
+    { while read -r _key _value _rest; do
+        [ "$_key" = State: ] && { _state=$_value; break; }
+    done < "/proc/$1/status"; } 2>/dev/null
+    case $_state in
         '' | Z | X) return 1 ;;
     esac
     return 0
 }
 
-# read_cmdline PID: CMDLINE := its command line (the shell drops the NULs).
-read_cmdline() {
-    CMDLINE=
-    { IFS= read -r CMDLINE < "/proc/$1/cmdline"; } 2>/dev/null
+# read_title PID: TITLE := the command line as `sed -n l` shows it, on one line: a NUL is
+# "\000", a newline "\n"; the folding of long lines ("\" + newline) is undone, the "$" that
+# ends each line is dropped, and so are the NULs that pad a process title. A NUL left
+# inside means several arguments, which no title is.
+read_title() {
+    TITLE=$(sed -n l "/proc/$1/cmdline" 2>/dev/null |
+        sed -e ':a' -e '$!{' -e 'N' -e 'ba' -e '}' -e 's/\\\n//g' -e 's/\$\n/\\n/g' \
+            -e 's/\$$//' -e 's/\(\\000\)*$//')
 }
 
-is_worker() {
-    read_cmdline "$1"
-    case $CMDLINE in
-        "$WORKER_TITLE"*) return 0 ;;
+# master_title PID: true if PID is titled exactly TITLE_MASTER or "TITLE_MASTER [NAME]".
+master_title() {
+    read_title "$1"
+    case $TITLE in
+        *'\000'*) return 1 ;;
+        "$TITLE_MASTER" | "$TITLE_MASTER ["*"]") return 0 ;;
     esac
     return 1
 }
 
-# is_master PID: the pid in a pidfile may have been reused by another program.
-is_master() {
-    is_worker "$1" && return 1
-    case $CMDLINE in
-        *hotswap*) return 0 ;;
+# started PID: STARTED := when PID started, in whole Unix seconds, rounded down (boot time
+# is truncated to the second too), so a master is never judged younger than it is.
+started() {
+    STARTED=
+    _stat=
+    { IFS= read -r _stat < "/proc/$1/stat"; } 2>/dev/null
+    # Field 2 is "(comm)", which may hold spaces and ")": count fields after the last ")".
+    _fields=${_stat##*) }
+    set -f
+    # shellcheck disable=SC2086
+    set -- $_fields
+    set +f
+    [ $# -ge 20 ] || return 1
+    _ticks=${20}
+    _btime=
+    { while read -r _key _value _rest; do
+        [ "$_key" = btime ] && { _btime=$_value; break; }
+    done < /proc/stat; } 2>/dev/null
+    case $_ticks$_btime in
+        '' | *[!0-9]*) return 1 ;;
     esac
-    return 1
+    STARTED=$((_btime + _ticks / CLK_TCK))
 }
 
-# list_children PID [EXCEPT]: CHILDREN := live children of PID other than EXCEPT.
-# /proc/PID/task/*/children names them in a few reads; without it (older kernels) every
-# process is a candidate. Either way each candidate's PPid is checked.
-list_children() {
-    CHILDREN=
-    _candidates=
-    if [ -r "/proc/$1/task/$1/children" ]; then
-        for _task in /proc/"$1"/task/*; do
-            _line=
-            { read -r _line < "$_task/children"; } 2>/dev/null
-            _candidates="$_candidates $_line"
-        done
-    else
-        for _dir in /proc/[0-9]*; do
-            _candidates="$_candidates ${_dir#/proc/}"
-        done
+# written FILE: WRITTEN := FILE's mtime in whole Unix seconds.
+written() {
+    WRITTEN=$(stat -c %Y -- "$1" 2>/dev/null)
+    case $WRITTEN in
+        '' | *[!0-9]*) WRITTEN=; return 1 ;;
+    esac
+    return 0
+}
+
+# identify FILE: true if FILE names the hotswap master that wrote it (MASTER := its pid);
+# else FOUND says what it names. A master has its exact title and started before it wrote
+# the file; a reused pid started after, whatever its command line says.
+identify() {
+    MASTER=
+    if ! read_pid "$1"; then
+        FOUND=$PID_PROBLEM
+        return 1
     fi
-    for _pid in $_candidates; do
-        [ "$_pid" = "${2:-}" ] && continue
-        read_status "$_pid"
-        [ "$PPID_OF" = "$1" ] || continue
-        case $STATE in
-            '' | Z | X) continue ;;
+    if ! alive "$PID"; then
+        FOUND="$1 names $PID, which is not running"
+        return 1
+    fi
+    if ! master_title "$PID"; then
+        _shown=$(printf '%s' "$TITLE" | sed -e 's/\\000/ /g' -e 's/ *$//')
+        FOUND="$1 names $PID, which is not a hotswap master (cmdline: $_shown)"
+        return 1
+    fi
+    if ! written "$1"; then
+        FOUND="cannot tell when $1 was written (stat -c %Y failed), so not whether $PID wrote it"
+        return 1
+    fi
+    if ! started "$PID" || [ "$STARTED" -gt "$WRITTEN" ]; then
+        FOUND="$1 names $PID, titled like a hotswap master but started after the file was written (the pid was reused)"
+        return 1
+    fi
+    MASTER=$PID
+    return 0
+}
+
+# --- the state file --------------------------------------------------------------------
+
+# parse_state LINE: S_ID, S_STATE, S_OLD, S_NEW, S_GENERATION, S_READY, S_DRAIN, S_HANDOVER,
+# S_REASON from "id=.. state=.. old=.. new=.. generation=.. ready=.. drain=.. handover=..
+# commit=.. reason=TEXT"; false unless every key is there, in that order.
+parse_state() {
+    _line=$1
+    for _key in id state old new generation ready drain handover commit; do
+        case $_line in
+            "$_key="*) _line=${_line#"$_key="} ;;
+            *) return 1 ;;
         esac
-        CHILDREN="$CHILDREN $_pid"
+        _value=${_line%% *}
+        _line=${_line#"$_value"}
+        _line=${_line# }
+        case $_key in
+            id) S_ID=$_value ;;
+            state) S_STATE=$_value ;;
+            old) S_OLD=$_value ;;
+            new) S_NEW=$_value ;;
+            generation) S_GENERATION=$_value ;;
+            ready) S_READY=$_value ;;
+            drain) S_DRAIN=$_value ;;
+            handover) S_HANDOVER=$_value ;;
+        esac
     done
-    CHILDREN=${CHILDREN# }
+    case $_line in
+        reason=*) S_REASON=${_line#reason=} ;;
+        *) return 1 ;;
+    esac
+    return 0
 }
 
-# read_failure: FAIL_LINE := the upgrade failure record, "<pid> <time> <reason>".
-read_failure() {
-    FAIL_LINE=
-    { IFS= read -r FAIL_LINE < "$FAILED"; } 2>/dev/null
+# read_state: LINE := the state file's line (empty when missing).
+read_state() {
+    LINE=
+    { IFS= read -r LINE < "$STATE"; } 2>/dev/null
 }
 
-# failure_reason LINE: REASON := LINE without its pid and time fields.
-failure_reason() {
-    REASON=${1#* }
-    case $REASON in
-        *' '*) REASON=${REASON#* } ;;
-        *) REASON='no reason given' ;;
+# report: print the final line for the parsed final state and exit.
+report() {
+    case $S_STATE in
+        "$STATE_COMMITTED")
+            finish 0 "upgraded: $S_OLD -> $S_NEW (generation $S_GENERATION), ready in $S_READY s, drained in $S_DRAIN s, handover $S_HANDOVER s" ;;
+        "$STATE_ROLLED_BACK")
+            finish 1 "upgrade rolled back, old master $S_OLD still serving: $S_REASON" ;;
+        "$STATE_FAILED")
+            finish 1 "upgrade failed, old master $S_OLD still serving: $S_REASON" ;;
+        "$STATE_REFUSED")
+            finish 1 "upgrade refused: $S_REASON" ;;
     esac
 }
 
-# wait_gone PID POLLS: true once PID is gone, false when POLLS run out.
-wait_gone() {
-    _n=0
-    while alive "$1"; do
-        _n=$((_n + 1))
-        [ "$_n" -ge "$2" ] && return 1
-        sleep "$POLL"
-    done
-    return 0
-}
-
-# stop_pid PID: QUIT, then SIGKILL when it does not go within the step's deadline
-# (a serving new master drains on QUIT: its requests must not be cut short).
-stop_pid() {
-    kill -s QUIT "$1" 2>/dev/null || return 0
-    grace=$KILL_GRACE_POLLS
-    [ "$POLLS" -gt "$grace" ] && grace=$POLLS
-    wait_gone "$1" "$grace" && return 0
-    say "$1 ignored QUIT; sending SIGKILL"
-    kill -s KILL "$1" 2>/dev/null
-    wait_gone "$1" "$KILL_GRACE_POLLS"
-}
-
-# Called through wait_for, which shellcheck cannot follow.
-# shellcheck disable=SC2317
-pidfile_names() {
-    read_pid "$PIDFILE" && [ "$PID" = "$1" ]
-}
-
-# shellcheck disable=SC2317
-oldbin_released() {
-    ! read_pid "$OLDBIN" || [ "$PID" != "$M1" ]
-}
-
-# wait_for COMMAND...: poll COMMAND until true or the step deadline; false then.
-wait_for() {
-    _w=0
-    until "$@"; do
-        _w=$((_w + 1))
-        [ "$_w" -ge "$POLLS" ] && return 1
-        sleep "$POLL"
-    done
-    return 0
-}
-
-# --- step 3 failure: M2 never became ready; stopping it makes M1 roll back. ---
-abort_unready() {
-    _reason="new master not ready within $TIMEOUT s"
-    _stopped=
-    list_children "$M1"
-    for _child in $CHILDREN; do
-        is_worker "$_child" && continue
-        say "$_reason; stopping $_child"
-        stop_pid "$_child"
-        _stopped="$_stopped $_child"
-    done
-    [ -n "$_stopped" ] || finish 1 "failed: $_reason (no new master process found)"
-    if ! wait_for pidfile_names "$M1"; then
-        finish 1 "failed: $_reason; stopped$_stopped but $PIDFILE does not name $M1 again"
-    fi
-    wait_for oldbin_released || say "$OLDBIN still names $M1"
-    finish 1 "failed: $_reason; stopped$_stopped"
-}
-
-# shellcheck disable=SC2317
-m1_serves_again() {
-    pidfile_names "$M1" || return 1
-    alive "$M2" && return 1
-    list_children "$M1" "$M2"
-    [ -n "$CHILDREN" ]
-}
-
-# --- rollback after WINCH: HUP first so M1's workers are back before M2 stops. ---
-roll_back() {
-    _reason=$1
-    say "rolling back: $_reason"
-    if ! kill -s HUP "$M1" 2>/dev/null; then
-        finish 1 "failed: $_reason; old master $M1 is gone, cannot roll back"
-    fi
-    alive "$M2" && stop_pid "$M2"
-    if ! wait_for m1_serves_again; then
-        _reason="$_reason (rollback incomplete: $M1 has no workers or $PIDFILE names another)"
-    fi
-    finish 1 "rolled back: $_reason"
+# ours LINE: true if LINE is a state of the upgrade our USR2 started (parsed into S_*).
+ours() {
+    parse_state "$1" && [ "$S_ID" != "$BEFORE_ID" ] && [ "$S_OLD" = "$M1" ]
 }
 
 # --- arguments ---
@@ -237,81 +240,51 @@ case $TIMEOUT in
 esac
 [ "$TIMEOUT" -gt 0 ] || usage
 POLLS=$((TIMEOUT * POLLS_PER_SECOND))
-OLDBIN=$PIDFILE.oldbin
-FAILED=$PIDFILE.upgrade-failed
+STATE=$PIDFILE$SUFFIX_STATE
+OLDBIN=$PIDFILE$SUFFIX_OLDBIN
 
-# --- step 1: a live master, and no upgrade already running ---
-read_pid "$PIDFILE" || finish 1 "failed: no running master: $PIDFILE is missing or unreadable"
-M1=$PID
-alive "$M1" || finish 1 "failed: no running master: $PIDFILE names $M1, which is not alive"
-is_master "$M1" ||
-    finish 1 "failed: no running master: $PIDFILE names $M1, which is not a hotswap master"
-if read_pid "$OLDBIN" && alive "$PID"; then
-    finish 1 "failed: an upgrade is already in progress: $OLDBIN names $PID"
+# --- 1. PIDFILE must name a hotswap master; anything else gets no signal ---
+identify "$PIDFILE" || finish 1 "no master to upgrade: $FOUND"
+M1=$MASTER
+say "master $M1 (from $PIDFILE)"
+# A stale .oldbin (dead pid, a stranger, or M1 itself) is only worth a word: the master
+# decides whether an upgrade already runs, and refuses USR2 if so.
+if [ -e "$OLDBIN" ]; then
+    if identify "$OLDBIN"; then
+        [ "$MASTER" = "$M1" ] || say "$OLDBIN names master $MASTER: an upgrade may be running"
+    else
+        say "ignoring stale $OLDBIN: $FOUND"
+    fi
 fi
-say "old master $M1 (from $PIDFILE)"
 
-# --- step 2: note the failure record, then USR2 ---
-read_failure
-FAIL_BEFORE=$FAIL_LINE
-kill -s USR2 "$M1" 2>/dev/null || finish 1 "failed: cannot send USR2 to $M1"
-say "sent USR2 to $M1; waiting for the new master to be ready"
+# --- 2. remember the last state, then USR2 ---
+read_state
+BEFORE_ID=
+parse_state "$LINE" && BEFORE_ID=$S_ID
+kill -s USR2 "$M1" 2>/dev/null || finish 1 "no master to upgrade: cannot send USR2 to $M1"
+say "sent USR2 to $M1; following $STATE"
 
-# --- step 3: PIDFILE names a live pid other than M1 ---
-M2=
+# --- 3. follow the state file until our upgrade reaches a final state ---
+SHOWN=
 n=0
 while :; do
-    if read_pid "$PIDFILE" && [ "$PID" != "$M1" ] && alive "$PID"; then
-        M2=$PID
-        break
+    read_state
+    if ours "$LINE"; then
+        report
+        if [ "$S_STATE" != "$SHOWN" ]; then
+            SHOWN=$S_STATE
+            say "$S_STATE (new master $S_NEW)"
+        fi
     fi
-    read_failure
-    if [ -n "$FAIL_LINE" ] && [ "$FAIL_LINE" != "$FAIL_BEFORE" ] &&
-        [ "${FAIL_LINE%% *}" = "$M1" ]; then
-        failure_reason "$FAIL_LINE"
-        wait_for oldbin_released || say "$OLDBIN still names $M1"
-        finish 1 "failed: new master failed: $REASON"
-    fi
-    alive "$M1" || finish 1 "failed: old master $M1 died before the new master was ready"
-    n=$((n + 1))
-    [ "$n" -ge "$POLLS" ] && abort_unready
-    sleep "$POLL"
-done
-say "new master $M2 ready after $n polls"
-
-# --- step 5: WINCH, wait until M1 has no child but M2 ---
-kill -s WINCH "$M1" 2>/dev/null || roll_back "cannot send WINCH to $M1"
-say "sent WINCH to $M1; waiting for its workers to finish"
-n=0
-while :; do
-    alive "$M2" || roll_back "new master $M2 exited during the drain"
     if ! alive "$M1"; then
-        say "old master $M1 exited by itself during the drain"
-        break
+        # Gone without a final state of ours? Look once more: it writes, then exits.
+        read_state
+        ours "$LINE" && report
+        finish 1 "upgrade failed: old master $M1 exited without finishing the upgrade (state file: ${LINE:-none})"
     fi
-    list_children "$M1" "$M2"
-    [ -z "$CHILDREN" ] && break
     n=$((n + 1))
-    [ "$n" -ge "$POLLS" ] && roll_back "old workers did not finish within $TIMEOUT s"
+    if [ "$n" -ge "$POLLS" ]; then
+        finish 1 "upgrade still running in the server after $TIMEOUT s (state: ${SHOWN:-not started}); it goes on without this script: see hotswap status --pidfile $PIDFILE"
+    fi
     sleep "$POLL"
 done
-say "old workers drained after $n polls"
-
-# --- step 6: QUIT M1; its workers are gone, so even SIGKILL loses nothing ---
-# Only M1 removes its .oldbin, on its way out: wait for that only if it left on QUIT.
-OLDBIN_POLLS=1
-if alive "$M1"; then
-    alive "$M2" || roll_back "new master $M2 exited before QUIT"
-    kill -s QUIT "$M1" 2>/dev/null
-    say "sent QUIT to $M1; waiting for it to exit"
-    OLDBIN_POLLS=$POLLS
-    if ! wait_gone "$M1" "$POLLS"; then
-        say "old master $M1 ignored QUIT for $TIMEOUT s; sending SIGKILL"
-        kill -s KILL "$M1" 2>/dev/null
-        wait_gone "$M1" "$KILL_GRACE_POLLS"
-        OLDBIN_POLLS=1
-    fi
-fi
-POLLS=$OLDBIN_POLLS
-wait_for oldbin_released || say "$OLDBIN still names the old master $M1"
-finish 0 "upgraded: $M1 -> $M2"
