@@ -11,12 +11,14 @@
 # Plain POSIX sh on purpose: deploy hosts and minimal images (busybox) have no Python to
 # spare. It uses kill, sleep, sed, stat -c %Y (GNU coreutils and busybox) and /proc.
 #
-# One final line goes to stdout, worded as `hotswap upgrade` words it:
-#   upgraded: OLD -> NEW (generation G), ready in X s, drained in Y s, handover Z s
+# One final line goes to stdout, worded as `hotswap upgrade` (upgrade/record.py) words it:
+#   upgraded: OLD -> NEW (generation G), ready in X s, drained in Y s, handover Z s, committed after W s
 #   upgrade rolled back, old master OLD still serving: REASON
 #   upgrade failed, old master OLD still serving: REASON
 #   upgrade refused: REASON
-# or why nothing was sent, or that the upgrade still runs at TIMEOUT. Progress: stderr.
+#   upgrade failed: no running master: WHAT PIDFILE NAMES          (nothing was signalled)
+#   upgrade not finished after T s (it is STATE); it goes on in the server, ...
+# Progress goes to stderr.
 # Exit status: 0 upgraded, 1 anything else, 2 usage.
 
 set -u
@@ -173,7 +175,7 @@ identify() {
 # --- the state file --------------------------------------------------------------------
 
 # parse_state LINE: S_ID, S_STATE, S_OLD, S_NEW, S_GENERATION, S_READY, S_DRAIN, S_HANDOVER,
-# S_REASON from "id=.. state=.. old=.. new=.. generation=.. ready=.. drain=.. handover=..
+# S_COMMIT, S_REASON from "id=.. state=.. old=.. new=.. generation=.. ready=.. drain=.. handover=..
 # commit=.. reason=TEXT"; false unless every key is there, in that order.
 parse_state() {
     _line=$1
@@ -194,6 +196,7 @@ parse_state() {
             ready) S_READY=$_value ;;
             drain) S_DRAIN=$_value ;;
             handover) S_HANDOVER=$_value ;;
+            commit) S_COMMIT=$_value ;;
         esac
     done
     case $_line in
@@ -209,11 +212,24 @@ read_state() {
     { IFS= read -r LINE < "$STATE"; } 2>/dev/null
 }
 
+# human SECONDS: HUMAN := "1.23 s" from the state file's "1.234", "?" for "-".
+human() {
+    case $1 in
+        '' | *[!0-9.]*) HUMAN='?' ;;
+        *) HUMAN=$(awk -v s="$1" 'BEGIN { printf "%.2f s", s }') ;;
+    esac
+}
+
 # report: print the final line for the parsed final state and exit.
 report() {
     case $S_STATE in
         "$STATE_COMMITTED")
-            finish 0 "upgraded: $S_OLD -> $S_NEW (generation $S_GENERATION), ready in $S_READY s, drained in $S_DRAIN s, handover $S_HANDOVER s" ;;
+            [ "$S_GENERATION" = - ] && S_GENERATION='?'
+            human "$S_READY"; _ready=$HUMAN
+            human "$S_DRAIN"; _drain=$HUMAN
+            human "$S_HANDOVER"; _handover=$HUMAN
+            human "$S_COMMIT"
+            finish 0 "upgraded: $S_OLD -> $S_NEW (generation $S_GENERATION), ready in $_ready, drained in $_drain, handover $_handover, committed after $HUMAN" ;;
         "$STATE_ROLLED_BACK")
             finish 1 "upgrade rolled back, old master $S_OLD still serving: $S_REASON" ;;
         "$STATE_FAILED")
@@ -244,7 +260,7 @@ STATE=$PIDFILE$SUFFIX_STATE
 OLDBIN=$PIDFILE$SUFFIX_OLDBIN
 
 # --- 1. PIDFILE must name a hotswap master; anything else gets no signal ---
-identify "$PIDFILE" || finish 1 "no master to upgrade: $FOUND"
+identify "$PIDFILE" || finish 1 "upgrade failed: no running master: $FOUND"
 M1=$MASTER
 say "master $M1 (from $PIDFILE)"
 # A stale .oldbin (dead pid, a stranger, or M1 itself) is only worth a word: the master
@@ -261,7 +277,7 @@ fi
 read_state
 BEFORE_ID=
 parse_state "$LINE" && BEFORE_ID=$S_ID
-kill -s USR2 "$M1" 2>/dev/null || finish 1 "no master to upgrade: cannot send USR2 to $M1"
+kill -s USR2 "$M1" 2>/dev/null || finish 1 "upgrade failed: cannot send USR2 to master $M1"
 say "sent USR2 to $M1; following $STATE"
 
 # --- 3. follow the state file until our upgrade reaches a final state ---
@@ -280,11 +296,13 @@ while :; do
         # Gone without a final state of ours? Look once more: it writes, then exits.
         read_state
         ours "$LINE" && report
-        finish 1 "upgrade failed: old master $M1 exited without finishing the upgrade (state file: ${LINE:-none})"
+        finish 1 "upgrade failed: master $M1 exited before it reported the upgrade"
     fi
     n=$((n + 1))
     if [ "$n" -ge "$POLLS" ]; then
-        finish 1 "upgrade still running in the server after $TIMEOUT s (state: ${SHOWN:-not started}); it goes on without this script: see hotswap status --pidfile $PIDFILE"
+        _tail="it goes on in the server, which finishes or rolls it back by itself"
+        [ -n "$SHOWN" ] && finish 1 "upgrade not finished after $TIMEOUT s (it is $SHOWN); $_tail"
+        finish 1 "upgrade failed: upgrade not finished after $TIMEOUT s (the master did not report it); $_tail"
     fi
     sleep "$POLL"
 done
