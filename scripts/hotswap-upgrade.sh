@@ -229,6 +229,13 @@ report() {
             human "$S_DRAIN"; _drain=$HUMAN
             human "$S_HANDOVER"; _handover=$HUMAN
             human "$S_COMMIT"
+            # The old master writes "committed", then exits; until it is gone the new one
+            # refuses USR2, so a deploy that upgrades again right away waits for that here.
+            while alive "$M1" && [ "$n" -lt "$POLLS" ]; do
+                n=$((n + 1))
+                sleep "$POLL"
+            done
+            alive "$M1" && say "old master $M1 has not exited yet"
             finish 0 "upgraded: $S_OLD -> $S_NEW (generation $S_GENERATION), ready in $_ready, drained in $_drain, handover $_handover, committed after $HUMAN" ;;
         "$STATE_ROLLED_BACK")
             finish 1 "upgrade rolled back, old master $S_OLD still serving: $S_REASON" ;;

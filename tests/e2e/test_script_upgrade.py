@@ -162,9 +162,11 @@ def test_killing_the_script_leaves_the_upgrade_to_the_server(
         slow.thread.join(10)
         assert slow.error is None, slow.error
 
-    # The next upgrade, through the script again, works.
-    write_app(tmp_path, "app", app_source("v3"))
+    # The next upgrade, through the script again, works (once the old master is gone: the
+    # new one refuses USR2 while its parent lives).
     m.extra_pids.add(rec.new)  # reaped at teardown whatever happens
+    wait_for(lambda: not procs.is_alive(old), 15, what=f"old master {old} to exit")
+    write_app(tmp_path, "app", app_source("v3"))
     done = run_script(m.pidfile)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith(f"upgraded: {rec.new} -> ")
