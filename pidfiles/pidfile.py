@@ -257,8 +257,8 @@ def _stale_warning(path: str, text: str, pid: int | None) -> str:
     if not procs.is_alive(pid):
         return f"removed stale pidfile {path} naming dead pid {pid}"
     cmd = _printable(procs.cmdline(pid) or "")
-    return (f"removed stale pidfile {path} naming pid {pid}, a live process that is not "
-            f"the master that wrote it (cmdline: {cmd})")
+    return (f"removed stale pidfile {path} naming pid {pid}, a live process that is not a "
+            f"master (cmdline: {cmd})")
 
 
 def _live(is_live_master: Callable[[int], bool] | None, pid: int, written_at: float) -> bool:
