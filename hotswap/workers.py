@@ -1,8 +1,9 @@
 """The master's view of its workers: forking them and reading what they say.
 
 Each worker gets its own pipe back to the master. What comes through it (booted,
-heartbeat, boot error, retiring) is everything the master knows about a worker besides its exit
-status, which keeps the protocol tiny and the master free of shared memory or files.
+heartbeat, boot error, retiring, parked and empty) is everything the master knows about
+a worker besides its exit status, which keeps the protocol tiny and the master free of
+shared memory or files.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ class WorkerHandle:
     boot_error: str = ""
     retiring_since: float | None = None  # set when sent TERM
     killed: bool = False
+    parked_empty: bool = False  # said `P`: parked and holding no connection
     _partial: bytes = b""
 
     def feed(self, data: bytes, now: float) -> None:
         """Digest bytes from the status pipe: `B` booted, `.` alive, `E...\\n` boot error,
-        `R` retiring by itself (counted out of the pool, so it is replaced now)."""
+        `R` retiring by itself (counted out of the pool, so it is replaced now), `P`
+        parked and empty (a parked worker's drain is over)."""
         self.last_seen = now
         data = self._partial + data
         self._partial = b""
@@ -47,7 +50,13 @@ class WorkerHandle:
                 self.booted = True
             elif data[:1] == b"R" and self.retiring_since is None:
                 self.retiring_since = now
+            elif data[:1] == b"P":
+                self.parked_empty = True
             data = data[1:]
+
+    def resumed(self) -> None:
+        """The master sent HUP to a parked worker: its next `P` is a new park's."""
+        self.parked_empty = False
 
 
 def fork_worker(spec_for: Callable[[int], worker_mod.WorkerSpec], epoch: int,
