@@ -1,8 +1,9 @@
 """The master's view of its workers: forking them and reading what they say.
 
 Each worker gets its own pipe back to the master. What comes through it (booted,
-heartbeat, boot error, retiring) is everything the master knows about a worker besides its exit
-status, which keeps the protocol tiny and the master free of shared memory or files.
+heartbeat, boot error, retiring, parked and empty) is everything the master knows about
+a worker besides its exit status, which keeps the protocol tiny and the master free of
+shared memory or files.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class WorkerHandle:
                 self.booted = True
             elif data[:1] == b"R" and self.retiring_since is None:
                 self.retiring_since = now
-            elif data[:1] == b"P" and self.parked_since is not None:
+            elif data[:1] == b"P":
                 self.parked_empty = True
             data = data[1:]
 
