@@ -8,24 +8,16 @@ PIDFILE.history its predecessors. Reading them cannot disturb a live master.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
 from pidfiles import DEAD, MASTER, MISSING, REUSED, SAME, STRANGER, UNREADABLE, Finding, Pidfile, procs
-from upgrade.names import (
-    ENV_GENERATION,
-    FINAL_STATES,
-    STATE_KEYS,
-    SUFFIX_HISTORY,
-    SUFFIX_STATE,
-    TITLE_MASTER,
-)
+from upgrade import record
+from upgrade.names import ENV_GENERATION
+from upgrade.record import UpgradeRecord
 
 HISTORY_SHOWN = 5
-_HISTORY_TAIL = 64 * 1024  # the history grows forever; only its end is read
-_STATE_LIMIT = 4096
 
 # Verdicts on PIDFILE that must stop a command: something is there, and it is not ours.
 SUSPECT = (STRANGER, REUSED, UNREADABLE)
@@ -46,15 +38,16 @@ def gather(pidfile: Pidfile) -> dict[str, Any]:
             if child not in listed:
                 masters.append(describe(child, "new"))
                 listed.add(child)
-    state = read_state(pidfile.path + SUFFIX_STATE)
-    running = state is not None and state_is_running(state, pidfile.path + SUFFIX_STATE)
+    state = record.read_state(pidfile.path)
+    running = state is not None and state_is_running(state, record.state_path(pidfile.path))
     upgrading = running or any(m["role"] in ("old", "new") for m in masters)
     return {
         "pidfile": pidfile.path,
         "masters": masters,
         "upgrade_in_progress": upgrading,
-        "upgrade": state,
-        "history": read_history(pidfile.path + SUFFIX_HISTORY),
+        "upgrade": _state_dict(state),
+        "upgrade_line": _state_line(state, running),
+        "history": record.read_history(pidfile.path, HISTORY_SHOWN),
         "findings": _findings(current, oldbin, upgrading),
         "pidfile_verdict": current.verdict,
         "pidfile_message": current.message,
@@ -77,7 +70,6 @@ def describe(pid: int, role: str) -> dict[str, Any]:
     """One master: role (old/current/new), pid, generation, workers, start time, title."""
     env = procs.environ(pid) or {}
     generation = env.get(ENV_GENERATION, "1" if env else None)
-    title = procs.title(pid)
     return {
         "role": role,
         "pid": pid,
@@ -85,77 +77,31 @@ def describe(pid: int, role: str) -> dict[str, Any]:
         "workers": procs.hotswap_workers(pid),
         "started": procs.start_time(pid),
         "title": procs.cmdline(pid),
-        "booting": role == "new" and not (title or "").startswith(TITLE_MASTER),
+        "booting": role == "new",  # not yet named by PIDFILE: it has not said READY
     }
 
 
-def parse_state(line: str) -> dict[str, str] | None:
-    """One PIDFILE.upgrade line as {key: value}; None unless every key is there in order.
-
-    The reason is last and runs to the end of the line, so it may hold spaces and "=".
-    """
-    fields: dict[str, str] = {}
-    rest = line.strip()
-    for key in STATE_KEYS:
-        prefix = f"{key}="
-        if not rest.startswith(prefix):
-            return None
-        if key == STATE_KEYS[-1]:
-            fields[key] = rest[len(prefix):]
-            break
-        value, _, rest = rest[len(prefix):].partition(" ")
-        fields[key] = value
-    return fields
-
-
-def read_state(path: str) -> dict[str, str] | None:
-    """The upgrade state file's fields, or None when it is missing or unreadable."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(_STATE_LIMIT)
-    except OSError:
-        return None
-    line = raw.decode("utf-8", "replace").partition("\n")[0]
-    return parse_state(line)
-
-
-def state_is_running(state: dict[str, str], path: str) -> bool:
+def state_is_running(rec: UpgradeRecord, path: str) -> bool:
     """True if the state is not final and its old master is alive and wrote the file.
 
     A state left by an old master that was killed (or whose pid now belongs to someone
     else) is not a running upgrade, whatever it says.
     """
-    if state.get("state") in FINAL_STATES:
+    if rec.final:
         return False
-    old = state.get("old", "")
     try:
         written = os.stat(path).st_mtime
     except OSError:
         return False
-    return old.isdigit() and procs.is_hotswap_master(int(old), written)
+    return procs.is_hotswap_master(rec.old, written)
 
 
-def read_history(path: str, count: int = HISTORY_SHOWN) -> list[dict[str, Any]]:
-    """The last ``count`` JSON records of PIDFILE.history; garbled lines are skipped."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - _HISTORY_TAIL))
-            raw = f.read()
-    except OSError:
-        return []
-    lines = raw.decode("utf-8", "replace").splitlines()
-    if len(raw) == _HISTORY_TAIL:
-        lines = lines[1:]  # the first one is probably cut
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records[-count:]
+def _state_dict(rec: UpgradeRecord | None) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    found = rec.as_dict()
+    found.pop("started", None)  # not in the state file: the record only knows it in memory
+    return found
 
 
 # -- text -------------------------------------------------------------------------------
@@ -166,10 +112,8 @@ def render(status: dict[str, Any]) -> list[str]:
     lines = [_master_line(m) for m in status["masters"]]
     if not status["masters"]:
         lines.append(f"not running (pidfile {status['pidfile']})")
-    state = status["upgrade"]
-    if state is not None and (status["upgrade_in_progress"] or state["state"] in FINAL_STATES):
-        label = "upgrade in progress" if status["upgrade_in_progress"] else "last upgrade"
-        lines.append(f"{label}: {state_line(state)}")
+    if status["upgrade_line"]:
+        lines.append(status["upgrade_line"])
     elif status["upgrade_in_progress"]:
         lines.append("upgrade in progress")
     lines.extend(f"note: {note}" for note in status["findings"])
@@ -193,40 +137,45 @@ def _when(moment: Any) -> str:
 
 
 def _seconds(label: str, value: Any) -> str | None:
-    if value in (None, "-", ""):
+    if not isinstance(value, (int, float)):
         return None
-    try:
-        return f"{label} {float(value):.3f} s"
-    except (TypeError, ValueError):
+    return f"{label} {value:.2f} s"
+
+
+def _state_line(rec: UpgradeRecord | None, running: bool) -> str | None:
+    """The running upgrade's step, or how the last one ended, in the clients' words."""
+    if rec is None:
         return None
+    if rec.final:
+        return f"last upgrade ({rec.id}): {rec.line()}"
+    if not running:
+        return (f"upgrade {rec.id} stopped at {rec.state}: its old master {rec.old} is gone "
+                f"(stale, ignored)")
+    parts = [f"upgrade in progress ({rec.id}): {rec.state}, {rec.old} -> {_opt(rec.new)} "
+             f"(generation {_opt(rec.generation)})"]
+    for label, value in (("ready in", rec.ready), ("drained in", rec.drain),
+                         ("handover", rec.handover)):
+        if value is not None:
+            parts.append(f"{label} {value:.2f} s")
+    return ", ".join(parts)
 
 
-def state_line(state: dict[str, str]) -> str:
-    """``<state>, <old> -> <new> (generation G), ready in X s, ...[: reason]`` from PIDFILE.upgrade."""
-    parts = [f"{state['state']}, {state['old']} -> {state['new']} "
-             f"(generation {state['generation']}, id {state['id']})"]
-    for label, key in (("ready in", "ready"), ("drained in", "drain"), ("handover", "handover"),
-                       ("commit after", "commit")):
-        shown = _seconds(label, state.get(key))
-        if shown:
-            parts.append(shown)
-    text = ", ".join(parts)
-    reason = state.get("reason", "-")
-    return f"{text}: {reason}" if reason not in ("", "-") else text
+def _opt(value: int | None) -> str:
+    return "?" if value is None else str(value)
 
 
-def history_line(record: dict[str, Any]) -> str:
-    """One PIDFILE.history record as a line."""
-    parts = [f"{_when(record.get('started'))} {record.get('old_pid', '?')} -> "
-             f"{record.get('new_pid', '?')} (generation {record.get('generation', '?')}): "
-             f"{record.get('result', '?')}"]
+def history_line(entry: dict[str, Any]) -> str:
+    """One PIDFILE.history entry as a line."""
+    parts = [f"{_when(entry.get('started'))} {entry.get('old_pid', '?')} -> "
+             f"{entry.get('new_pid', '?')} (generation {entry.get('generation', '?')}): "
+             f"{entry.get('result', '?')}"]
     for label, key in (("ready in", "ready_seconds"), ("drained in", "drain_seconds"),
-                       ("handover", "handover_seconds"), ("commit after", "commit_seconds")):
-        shown = _seconds(label, record.get(key))
+                       ("handover", "handover_seconds"), ("committed after", "commit_seconds")):
+        shown = _seconds(label, entry.get(key))
         if shown:
             parts.append(shown)
     text = ", ".join(parts)
-    reason = record.get("reason")
+    reason = entry.get("reason")
     return f"{text}: {reason}" if reason not in (None, "", "-") else text
 
 

@@ -109,9 +109,10 @@ def test_stale_pidfile_and_oldbin_naming_strangers_get_no_signal(
         assert done.returncode == 1, (command, done.stdout, done.stderr)
         assert f"hotswap: error: {pidfile} {expected}" in done.stderr.splitlines(), \
             (command, done.stderr)
-    upgraded = cli("upgrade", "--pidfile", str(pidfile), "--timeout", "5", cwd=tmp_path)
-    assert upgraded.returncode == 1, upgraded.stdout + upgraded.stderr
-    assert str(named.pid) in upgraded.stdout + upgraded.stderr
+    if kind == "mentions-hotswap":  # the impostor case of `hotswap upgrade`: see below
+        upgraded = cli("upgrade", "--pidfile", str(pidfile), "--timeout", "5", cwd=tmp_path)
+        assert upgraded.returncode == 1, upgraded.stdout + upgraded.stderr
+        assert f"{pidfile} names {named.pid}, which is not a hotswap master" in upgraded.stdout
     done = script(pidfile, 5, tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout == f"upgrade failed: no running master: {pidfile} {expected}\n"
@@ -119,6 +120,20 @@ def test_stale_pidfile_and_oldbin_naming_strangers_get_no_signal(
     time.sleep(0.2)  # a signal, had one been sent, is delivered by now
     assert named.poll() is None and reused.poll() is None, "a stranger got a signal"
     assert pidfile.read_text() == f"{named.pid}\n"  # nobody rewrote what it cannot own
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, reason="upgrade/orchestrator.find_master (the lead's) checks the "
+                   "title only, not the start time against PIDFILE's mtime: it should use "
+                   "Pidfile.identify(); strict, so the fix turns this red until the mark goes")
+def test_hotswap_upgrade_sends_no_usr2_to_an_impostor(strangers: Strangers, tmp_path: Path) -> None:
+    impostor = strangers.impostor()
+    pidfile = tmp_path / "hotswap.pid"
+    write_pid(pidfile, impostor.pid, age=60)
+    upgraded = cli("upgrade", "--pidfile", str(pidfile), "--timeout", "5", cwd=tmp_path)
+    time.sleep(0.2)  # a signal, had one been sent, is delivered by now
+    assert impostor.poll() is None, "the impostor got USR2 from `hotswap upgrade`"
+    assert upgraded.returncode == 1
 
 
 @pytest.mark.timeout(90)
