@@ -273,10 +273,12 @@ say "master $M1 (from $PIDFILE)"
 # A stale .oldbin (dead pid, a stranger, or M1 itself) is only worth a word: the master
 # decides whether an upgrade already runs, and refuses USR2 if so.
 if [ -e "$OLDBIN" ]; then
-    if identify "$OLDBIN"; then
-        [ "$MASTER" = "$M1" ] || say "$OLDBIN names master $MASTER: an upgrade may be running"
-    else
+    if ! identify "$OLDBIN"; then
         say "ignoring stale $OLDBIN: $FOUND"
+    elif [ "$MASTER" = "$M1" ]; then
+        say "ignoring $OLDBIN: it names $M1, the master $PIDFILE names too"
+    else
+        say "$OLDBIN names master $MASTER: an upgrade may be running (the master decides)"
     fi
 fi
 

@@ -177,31 +177,39 @@ def test_killing_the_script_leaves_the_upgrade_to_the_server(
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("oldbin", ["dead", "stranger"])
+@pytest.mark.parametrize("oldbin", ["dead", "stranger", "itself"])
 def test_a_stale_oldbin_does_not_block_an_upgrade(
     single: tuple[Master, str], tmp_path: Path, oldbin: str
 ) -> None:
+    """Left by a killed old master (its pid now dead or reused), or by an upgrade that
+    could not remove it (naming the current master itself)."""
     m, base = single
     assert m.pidfile is not None
+    path = Path(f"{m.pidfile}{names.SUFFIX_OLDBIN}")
+    stranger = None
     if oldbin == "dead":
         gone = subprocess.Popen(["true"])
         gone.wait(10)
-        named, stranger = gone.pid, None
-    else:
+        named, said = gone.pid, f"ignoring stale {path}: {path} names {gone.pid}, which is not running"
+    elif oldbin == "stranger":
         stranger = subprocess.Popen(["hotswap: master", "60"], executable="sleep")
-        named = stranger.pid
+        named, said = stranger.pid, (f"ignoring stale {path}: {path} names {stranger.pid}, "
+                                     f"which is not a hotswap master (cmdline: hotswap: master 60)")
+    else:
+        named, said = m.pid, f"ignoring {path}: it names {m.pid}, the master {m.pidfile} names too"
     try:
-        path = Path(f"{m.pidfile}{names.SUFFIX_OLDBIN}")
+        wait_for(lambda: stranger is None or procs.cmdline(stranger.pid) == "hotswap: master 60",
+                 10, what="the stranger to exec")
         path.write_text(f"{named}\n")
-        os.utime(path, (1, 1))
         write_app(tmp_path, "app", app_source("v2"))
         done = run_script(m.pidfile)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"ignoring stale {path}: {path} names {named}, which is not " in done.stderr
+        assert f"hotswap-upgrade: {said}" in done.stderr.splitlines(), done.stderr
         rec = latest(m.pidfile)
         assert rec is not None and rec.state == names.STATE_COMMITTED
         m.extra_pids.add(rec.new)
         assert fetch(base)["version"] == "v2"
+        assert not path.exists()  # the old master wrote its own, then removed it
         assert stranger is None or stranger.poll() is None, "the stranger got a signal"
     finally:
         if stranger is not None:
