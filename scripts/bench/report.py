@@ -234,7 +234,9 @@ def _soak(soak: dict, params: dict) -> str:
              f"Requests: {soak['requests']}, failed: {soak['failed']}"
              f"{' (' + str(soak['failures']) + ')' if soak['failures'] else ''}. After the final stop: "
              f"files left {soak['after_stop']['files'] or 'none'}, processes left "
-             f"{soak['after_stop']['processes'] or 'none'}.",
+             f"{soak['after_stop']['processes'] or 'none'}"
+             + (f" (upgrade records kept on purpose: {', '.join(soak['after_stop']['records'])})"
+                if soak["after_stop"].get("records") else "") + ".",
              "",
              "Every " + str(params["soak_every"]) + " upgrades (upgrade: fds / RSS MiB / zombies): "
              + ", ".join(f"{p['upgrade']}: {p['master_fds']} / {_mib(p['master_rss_kb'])} / {p['zombies']}"

@@ -19,6 +19,8 @@ from continuity import Load
 from servers import HOTSWAP_T2, WATCH_WINDOW, Server
 from summary import median
 
+from upgrade import names
+
 
 def fd_kinds(pid: int) -> dict[str, int]:
     """What the fds of `pid` point at (socket, pipe, anon_inode, file), to name a leak."""
@@ -93,8 +95,10 @@ def run(folder: Path, upgrades: int, every: int, threads: int, interval: float, 
             load.stop()
         server.stop()
     time.sleep(0.2)
+    records = upgrade_records(server.pidfile)
     after = {
-        "files": sorted(p.name for p in folder.iterdir() if p.name not in ("server.log",)),
+        "files": sorted(p.name for p in folder.iterdir() if p.name not in ("server.log", *records)),
+        "records": sorted(p.name for p in folder.iterdir() if p.name in records),
         "processes": [f"{p.pid} {p.state} {p.title[:60]}"
                       for p in proctree.descendants(os.getpid())],
     }
@@ -117,6 +121,12 @@ def run(folder: Path, upgrades: int, every: int, threads: int, interval: float, 
         "series": series,
         "after_stop": after,
     }
+
+
+def upgrade_records(pidfile: Path) -> set[str]:
+    """Files the master keeps on purpose after a stop, like its log: the last upgrade's
+    state (PIDFILE.upgrade) and the history of finished ones (PIDFILE.history)."""
+    return {pidfile.name + names.SUFFIX_STATE, pidfile.name + names.SUFFIX_HISTORY}
 
 
 def _brief(snap: dict) -> dict:

@@ -160,6 +160,34 @@ def test_continuity_table_has_commit_beside_handover_and_says_gunicorn_has_no_wa
     assert "gunicorn has no watch window: its commit is its handover" in text
 
 
+def _soak(files: list[str], records: list[str]) -> dict:
+    snap = {"master": 1, "master_fds": 10, "master_fd_kinds": {}, "master_rss_kb": 20000, "workers": 2,
+            "worker_rss_kb": [1, 2], "zombies": 0, "leftover_processes": [], "files": ["hotswap.pid"]}
+    return {"upgrades": 3, "upgrades_ok": 3, "upgrade_failures": [], "requests": 9, "failed": 0,
+            "failures": {}, "watch_window": 0.2, "handover_median": 0.2, "handover_max": 0.3,
+            "commit_median": 0.5, "commit_max": 0.6, "start": snap, "end": snap,
+            "series": [{"upgrade": 0, "master": 1, "master_fds": 10, "master_rss_kb": 20000, "zombies": 0,
+                        "leftovers": 0}],
+            "after_stop": {"files": files, "records": records, "processes": []}}
+
+
+def test_soak_keeps_the_upgrade_records_apart_from_leftovers() -> None:
+    import soak
+
+    records = sorted(soak.upgrade_records(Path("run/hotswap.pid")))
+    assert records == ["hotswap.pid.history", "hotswap.pid.upgrade"]
+    clean = {"soak": _soak([], records), "params": {}}
+    line = next(t for t in report.judge(clean) if t["target"].startswith("soak: 0 failed"))
+    assert line["met"] is True
+    text = report._soak(clean["soak"], {"soak_threads": 2, "soak_interval": 0.02, "soak_every": 1,
+                                        "soak_watch_window": 0.2})
+    assert "commit median 0.50 s, max 0.60 s (watch window 0.2 s)" in text
+    assert "upgrade records kept on purpose: hotswap.pid.history, hotswap.pid.upgrade" in text
+    leaked = {"soak": _soak(["hotswap.pid.oldbin"], records), "params": {}}
+    line = next(t for t in report.judge(leaked) if t["target"].startswith("soak: 0 failed"))
+    assert line["met"] is False
+
+
 def test_http_date_matches_the_email_package() -> None:
     from email.utils import formatdate
 
