@@ -99,7 +99,7 @@ def check_tools() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="a smoke run, under 3 minutes")
+    ap.add_argument("--quick", action="store_true", help="a smoke run, about 3 minutes")
     ap.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "bench-results"), help="folder for the .md and .json")
     ap.add_argument("--docs", action="store_true", help=f"replace the results block of {DOCS.name}")
