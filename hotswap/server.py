@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from listeners import Listener, close_listener
-from pidfiles import AlreadyRunning, Pidfile, PidfileError, procs
+from pidfiles import AlreadyRunning, Pidfile, PidfileError
 from upgrade.reexec import original_argv, start_directory
 
 from . import config as config_mod
@@ -73,7 +73,7 @@ def _refuse_if_running(pidfile: Pidfile) -> None:
         pid = pidfile.read()
     except PidfileError as exc:
         raise StartupError(str(exc)) from None
-    if pid is not None and pid != os.getpid() and procs.is_hotswap_master(pid):
+    if pid is not None and pid != os.getpid() and pidfile.identify().is_master:
         raise StartupError(f"already running as pid {pid} (pidfile {pidfile.path})")
 
 

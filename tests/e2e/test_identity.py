@@ -204,3 +204,19 @@ def test_status_json_names_the_verdicts(masters: MasterFactory, tmp_path: Path) 
     assert (entry["role"], entry["pid"], entry["booting"]) == ("current", m.pid, False)
     assert sorted(entry["workers"]) == sorted(m.workers())
     assert found["upgrade"] is None and found["history"] == [] and found["findings"] == []
+
+
+@pytest.mark.timeout(60)
+def test_an_impostor_in_the_pidfile_does_not_block_a_start(
+    masters: MasterFactory, strangers: Strangers, tmp_path: Path
+) -> None:
+    impostor = strangers.impostor()
+    pidfile = tmp_path / "hotswap.pid"
+    write_pid(pidfile, impostor.pid, age=60)  # left by a master long gone; pid reused since
+    port = free_port()
+    m = masters("--bind", f"127.0.0.1:{port}", "--workers", "1")
+    assert m.current_pid() == m.pid
+    assert (f"[WARNING] removed stale pidfile {pidfile} naming pid {impostor.pid}, a live process "
+            f"that is not a master (cmdline: hotswap: master)") in m.log()
+    assert get(f"http://127.0.0.1:{port}/").status_code == 200
+    assert impostor.poll() is None
