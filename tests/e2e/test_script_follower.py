@@ -20,6 +20,7 @@ import pytest
 from support import wait_for
 
 from pidfiles import procs
+from upgrade import record
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "hotswap-upgrade.sh"
 KEYS = ("id", "state", "old", "new", "generation", "ready", "drain", "handover", "commit")
@@ -126,6 +127,14 @@ def test_committed(fake) -> None:
     assert done.stdout == (f"upgraded: {m.pid} -> {m.new} (generation 2), ready in 0.12 s, "
                            f"drained in 0.04 s, handover 0.17 s, committed after 0.01 s\n")
     assert f"sent USR2 to {m.pid}" in done.stderr
+    assert done.stdout == same_as_python(m)
+
+
+def same_as_python(m: Fake) -> str:
+    """The line `hotswap upgrade` prints for the state file as it is now."""
+    rec = record.parse_state_line(m.state.read_text())
+    assert rec is not None
+    return rec.line() + "\n"
 
 
 @pytest.mark.timeout(30)
@@ -142,6 +151,8 @@ def test_every_other_end_exits_1_with_its_line(fake, mode: str, line: str) -> No
     done = run(m.pidfile)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout == line.format(old=m.pid)
+    if mode != "die":
+        assert done.stdout == same_as_python(m)
 
 
 @pytest.mark.timeout(30)
