@@ -9,7 +9,8 @@
 # `hotswap status` or the next run of this script sees how it ended.
 #
 # Plain POSIX sh on purpose: deploy hosts and minimal images (busybox) have no Python to
-# spare. It uses kill, sleep, sed, stat -c %Y (GNU coreutils and busybox) and /proc.
+# spare. It uses kill, sleep, cat -v, sed, awk and stat -c %Y (all in GNU coreutils and in
+# busybox) and /proc.
 #
 # One final line goes to stdout, worded as `hotswap upgrade` (upgrade/record.py) words it:
 #   upgraded: OLD -> NEW (generation G), ready in X s, drained in Y s, handover Z s, committed after W s
@@ -89,21 +90,21 @@ alive() {
     return 0
 }
 
-# read_title PID: TITLE := the command line as `sed -n l` shows it, on one line: a NUL is
-# "\000", a newline "\n"; the folding of long lines ("\" + newline) is undone, the "$" that
-# ends each line is dropped, and so are the NULs that pad a process title. A NUL left
-# inside means several arguments, which no title is.
+# read_title PID: TITLE := the command line as the shell reads it (NULs dropped, first
+# line); SHOWN := as `cat -v` shows it (a NUL is "^@"), without the NULs that pad a process
+# title. The two agree only for a single argument: glued arguments ("hotswap: mast" "er")
+# leave a "^@" inside SHOWN, a literal "^@" in an argument is in TITLE too but no title.
 read_title() {
-    TITLE=$(sed -n l "/proc/$1/cmdline" 2>/dev/null |
-        sed -e ':a' -e '$!{' -e 'N' -e 'ba' -e '}' -e 's/\\\n//g' -e 's/\$\n/\\n/g' \
-            -e 's/\$$//' -e 's/\(\\000\)*$//')
+    TITLE=
+    { IFS= read -r TITLE < "/proc/$1/cmdline"; } 2>/dev/null
+    SHOWN=$(cat -v "/proc/$1/cmdline" 2>/dev/null | sed -e 's/\(\^@\)*$//')
 }
 
 # master_title PID: true if PID is titled exactly TITLE_MASTER or "TITLE_MASTER [NAME]".
 master_title() {
     read_title "$1"
+    [ "$SHOWN" = "$TITLE" ] || return 1
     case $TITLE in
-        *'\000'*) return 1 ;;
         "$TITLE_MASTER" | "$TITLE_MASTER ["*"]") return 0 ;;
     esac
     return 1
@@ -156,7 +157,8 @@ identify() {
         return 1
     fi
     if ! master_title "$PID"; then
-        _shown=$(printf '%s' "$TITLE" | sed -e 's/\\000/ /g' -e 's/ *$//')
+        _shown=$(printf '%s\n' "$SHOWN" | sed -e 's/\^@/ /g' -e 's/ *$//' |
+            awk 'NR > 1 { printf "?" } { printf "%s", $0 }')
         FOUND="$1 names $PID, which is not a hotswap master (cmdline: $_shown)"
         return 1
     fi

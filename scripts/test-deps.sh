@@ -1,12 +1,13 @@
 #!/bin/sh
 # Install what the test suite needs on a fresh Debian machine: the package with its
-# test extra, shellcheck (lints scripts/hotswap-upgrade.sh) and systemd-socket-activate
-# (the socket-activation upgrade test). Safe to run again: it installs only what is missing.
+# test extra, shellcheck (lints scripts/hotswap-upgrade.sh), busybox (runs that script with
+# busybox's sh and tools too) and systemd-socket-activate (the socket-activation upgrade test). Safe to run again: it installs only what is missing.
 set -eu
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 missing=""
 command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
+command -v busybox >/dev/null 2>&1 || missing="$missing busybox"
 command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
 if [ -n "$missing" ]; then
     sudo=""

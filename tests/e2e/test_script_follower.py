@@ -4,16 +4,19 @@ The master here is a small real process that plays the old master's side of the 
 file: titled `hotswap: master`, it writes PIDFILE after it started, and on USR2 writes
 the state lines of one scripted upgrade (commit, rollback, failure, refusal, a hang, a
 death). That pins down the script's reading of the file (its own id, old=, every final
-state, the wording shared with `hotswap upgrade`) independently of the server; the
-upgrades of a real server through the script are in test_script_upgrade.py.
+state, the wording shared with `hotswap upgrade`) independently of the server, under
+dash and under busybox (its sh, sed, awk, cat and stat); the upgrades of a real server
+through the script are in test_script_upgrade.py.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -114,13 +117,37 @@ def fake(tmp_path: Path) -> Iterator[object]:
         one.close()
 
 
-def run(pidfile: Path, timeout: str = "10") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["sh", str(SCRIPT), str(pidfile), timeout], capture_output=True,
-                          text=True, timeout=40)
+BUSYBOX_TOOLS = ("sh", "sed", "awk", "cat", "stat", "sleep", "kill")
+
+
+@pytest.fixture(params=["sh", "busybox"])
+def shell(request, tmp_path_factory) -> list[str]:
+    """The script under the system's sh (dash here) and under busybox with busybox's tools
+    only: minimal images ship busybox, whose sed, awk and read differ from GNU's."""
+    if request.param == "sh":
+        return ["sh"]
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("busybox is not installed; scripts/test-deps.sh installs it "
+                    "(apt-get install -y busybox)")
+    tools = tmp_path_factory.mktemp("busybox")
+    for tool in BUSYBOX_TOOLS:
+        (tools / tool).symlink_to(busybox)
+    return ["env", f"PATH={tools}", str(tools / "sh")]
+
+
+@pytest.fixture
+def run(shell: list[str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the script (PIDFILE, TIMEOUT) under the shell of this test."""
+    def run_script(pidfile: Path, timeout: str = "10") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*shell, str(SCRIPT), str(pidfile), timeout], capture_output=True,
+                              text=True, timeout=40)
+
+    return run_script
 
 
 @pytest.mark.timeout(30)
-def test_committed(fake) -> None:
+def test_committed(fake, run) -> None:
     m = fake("commit")
     done = run(m.pidfile)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -146,7 +173,7 @@ def same_as_python(m: Fake) -> str:
     ("refuse", "upgrade refused: another upgrade is running (id 1.2)\n"),
     ("die", "upgrade failed: master {old} exited before it reported the upgrade\n"),
 ])
-def test_every_other_end_exits_1_with_its_line(fake, mode: str, line: str) -> None:
+def test_every_other_end_exits_1_with_its_line(fake, run, mode: str, line: str) -> None:
     m = fake(mode)
     done = run(m.pidfile)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -156,7 +183,7 @@ def test_every_other_end_exits_1_with_its_line(fake, mode: str, line: str) -> No
 
 
 @pytest.mark.timeout(30)
-def test_timeout_says_the_upgrade_goes_on_in_the_server(fake) -> None:
+def test_timeout_says_the_upgrade_goes_on_in_the_server(fake, run) -> None:
     m = fake("hang")
     done = run(m.pidfile, "1")
     assert done.returncode == 1
@@ -166,7 +193,7 @@ def test_timeout_says_the_upgrade_goes_on_in_the_server(fake) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_a_final_state_from_before_our_usr2_is_not_our_answer(fake) -> None:
+def test_a_final_state_from_before_our_usr2_is_not_our_answer(fake, run) -> None:
     m = fake("hang")
     # The last upgrade of this very master committed; our USR2 must get its own answer.
     m.state.write_text(f"id={m.pid}.1 state=committed old={m.pid} new=7 generation=2 ready=0.1 "
@@ -177,7 +204,7 @@ def test_a_final_state_from_before_our_usr2_is_not_our_answer(fake) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_a_state_of_another_master_is_not_our_answer(fake) -> None:
+def test_a_state_of_another_master_is_not_our_answer(fake, run) -> None:
     m = fake("hang")
     done_before = run(m.pidfile, "1")  # starts the hang: state=starting, old=m
     assert "it is starting" in done_before.stdout
@@ -186,3 +213,32 @@ def test_a_state_of_another_master_is_not_our_answer(fake) -> None:
                        "ready=0.1 drain=0.1 handover=0.1 commit=0.1 reason=-\n")
     done = run(m.pidfile, "1")
     assert done.returncode == 1 and "upgraded" not in done.stdout, done.stdout
+
+
+@pytest.mark.timeout(30)
+def test_only_an_exact_title_that_wrote_the_file_is_a_master(run, tmp_path: Path) -> None:
+    """A sleep titled "hotswap: master" but with more arguments, a process titled so but
+    younger than the file: neither gets USR2, and the script says what each is."""
+    glued = subprocess.Popen(["hotswap: master", "30"], executable="sleep")
+    young = subprocess.Popen([sys.executable, "-c", "import setproctitle, time; "
+                              "setproctitle.setproctitle('hotswap: master'); time.sleep(30)"])
+    try:
+        wait_for(lambda: procs.cmdline(glued.pid) == "hotswap: master 30", 10, what="exec")
+        wait_for(lambda: procs.title(young.pid) == "hotswap: master", 10, what="the title")
+        expected = {
+            glued.pid: "which is not a hotswap master (cmdline: hotswap: master 30)",
+            young.pid: "titled like a hotswap master but started after the file was written "
+                       "(the pid was reused)",
+        }
+        for pid, what in expected.items():
+            pidfile = tmp_path / f"{pid}.pid"
+            pidfile.write_text(f"{pid}\n")
+            os.utime(pidfile, (1_000_000_000, 1_000_000_000))
+            done = run(pidfile, "2")
+            assert done.returncode == 1
+            assert done.stdout == f"upgrade failed: no running master: {pidfile} names {pid}, {what}\n"
+        assert glued.poll() is None and young.poll() is None
+    finally:
+        for proc in (glued, young):
+            proc.kill()
+            proc.wait(10)
