@@ -152,6 +152,9 @@ class Worker:
             log_error=self.log.error,
             log_access=self.spec.logs.access if self.spec.logs.access_enabled else None,
         )
+        if self.park_wanted != self.parked:  # WINCH or HUP while the app was loading
+            self.parked = self.park_wanted
+            self.park_told = not self.parked
         self.site.closing = self.cfg.keepalive <= 0 or self.parked
         if self.cfg.threads > 1:
             self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="hotswap")
@@ -541,6 +544,10 @@ class Worker:
             conn.new_response()
             keep = wsgi.handle(self.site, conn, req)  # it answers every error of its own
             if not keep:
+                if conn.timed_out:
+                    self.log.warning("%s %s: response not sent within %g s; connection reset",
+                                     req.method, req.target.decode("latin-1")[:200],
+                                     conn.response_time)
                 return False
         if error is not None:
             self._refuse(conn, error)

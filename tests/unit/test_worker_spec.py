@@ -19,11 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from hotswap.config import Config
-from hotswap.logs import Logs
-from hotswap.worker import BOOT_FAILED, WorkerSpec
-from hotswap.workers import fork_worker
-from listeners import Listener, open_listener, parse_bind
+_SPT_NOENV = os.environ.get("SPT_NOENV")
+
+from hotswap.config import Config  # noqa: E402
+from hotswap.logs import Logs  # noqa: E402
+from hotswap.worker import BOOT_FAILED, WorkerSpec  # noqa: E402
+from hotswap.workers import fork_worker  # noqa: E402
+from listeners import Listener, open_listener, parse_bind  # noqa: E402
+
+# Importing hotswap.proctitle sets SPT_NOENV in os.environ; children that later tests
+# start must not inherit it (one of them checks what setproctitle does without it).
+if _SPT_NOENV is None:
+    os.environ.pop("SPT_NOENV", None)
 
 pytestmark = pytest.mark.timeout(30)
 
