@@ -307,24 +307,17 @@ class Worker:
         return True
 
     def _orphaned(self) -> None:
-        """The master is gone: finish everything we hold, but wait for no idle client.
+        """The master is gone: retire exactly like on TERM, and finish everything we hold.
 
-        Only a kept-alive connection with nothing sent is closed: one just accepted,
-        one with a request (or part of one) already in its buffer, one lingering, all
-        are served to the end like in any retirement.
+        Idle kept-alive connections are not closed at once: a client may be sending its
+        next request right now, and closing under it would fail that request. They get
+        their next answer with `Connection: close`, or are closed at the keep-alive
+        timeout, as in any retirement.
         """
         self.log.warning("master %d is gone, worker exiting", self.spec.master_pid)
         self.orphaned = True
         self._leave_by_deadline()
         self._begin_stop()
-        for conn in list(self.conns.values()):
-            if self._idle(conn) and not conn.waiting():
-                self._close(conn)
-
-    def _idle(self, conn: Connection) -> bool:
-        """A kept-alive connection between requests, with no part of the next one parsed."""
-        return (conn.served and not conn.busy and not conn.lingering and not conn.parser.ready
-                and not conn.parser.in_message and conn.head_started is None)
 
     def _begin_stop(self) -> None:
         """Retire: stop accepting at once, finish what we hold, then leave."""
