@@ -317,6 +317,9 @@ class Worker:
         self.orphaned = True
         self._leave_by_deadline()
         self._begin_stop()
+        self._close_idle()
+
+    def _close_idle(self) -> None:
         for conn in list(self.conns.values()):
             if self._idle(conn) and not conn.waiting():
                 self._close(conn)
@@ -334,6 +337,10 @@ class Worker:
         self.site.closing = True
         self._sync_accept()
         taken = 0 if self.parked else self._take_queued()
+        if self.parked:
+            # TERM on a parked worker means its generation is done: no client comes back
+            # to an idle kept-alive connection in time to matter, so leave at once.
+            self._close_idle()
         for listener in self.listeners.values():
             listener.sock.close()
         self.listeners = {}
