@@ -370,25 +370,20 @@ class Worker:
 
     def _serve(self, conn: Connection) -> bool:
         """Read what is there and answer every complete request, in order."""
-        error: HttpError | None = None
-        try:
-            if not conn.receive():
-                return False
-        except HttpError as exc:
-            error = exc
+        if not conn.receive():
+            return False
         parser = conn.parser
         while parser.ready:
             req = parser.ready.popleft()
             conn.served = True
-            if error is not None and not req.complete:
-                # Its body broke the parser: no more of it can ever be parsed, so an app
-                # reading it would wait for the I/O timeout. Refuse it instead.
+            if req.body_error is not None:
+                # Its body broke the parser before the app ran: refuse it unseen.
                 break
             keep = wsgi.handle(self.site, conn, req)  # it answers every error of its own
             if not keep:
                 return False
-        if error is not None:
-            self._refuse(conn, error)
+        if parser.error is not None:
+            self._refuse(conn, parser.error)
             return False
         conn.last_active = time.monotonic()
         return True
