@@ -90,7 +90,7 @@ _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-
 _MAX_CHUNK_LINE = 4096
 # RFC 9110 §6.5.1: fields a sender must not put in a trailer (framing, routing); a request
 # that does is refused rather than half-trusted.
-_FORBIDDEN_TRAILERS = frozenset(("content-length", "transfer-encoding", "host", "trailer"))
+_FORBIDDEN_TRAILERS = frozenset(("content-length", "transfer-encoding", "host"))
 
 
 class RequestParser:
@@ -399,10 +399,10 @@ class _Chunked(_Body):
             if self.left > 0:
                 self.left -= _take(buf, req, self.left)
             elif self.left == 0:
+                if buf[0] != 0x0D or (len(buf) > 1 and buf[1] != 0x0A):
+                    raise HttpError(400, "bad request: chunk data longer than its size")
                 if len(buf) < 2:
                     return
-                if buf[:2] != b"\r\n":
-                    raise HttpError(400, "bad request: chunk data longer than its size")
                 del buf[:2]
                 self.left = -1
             elif self.left == -1:
