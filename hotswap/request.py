@@ -44,7 +44,7 @@ class HttpError(Exception):
 class Limits:
     request_line: int = 4094  # bytes of the request line, CRLF excluded (as gunicorn)
     fields: int = 100  # header field lines
-    field_size: int = 8190  # bytes of one header line ("Name: value"), CRLF excluded
+    field_size: int = 8190  # bytes of one header line ("Name: value\r\n", as gunicorn)
 
 
 @dataclass
@@ -182,6 +182,9 @@ class RequestParser:
                 raise HttpError(400, "bad request: line ends with a bare LF")
             length = nl - 1 - self._scan
             self._check_line(length)
+            if self._lines == 0 and not _REQUEST_LINE.fullmatch(buf, 0, nl + 1):
+                # refused at once, not when a head that may never end is complete
+                raise HttpError(400, "bad request: malformed request line")
             self._scan = nl + 1
             if length == 0:
                 return self._scan
@@ -194,7 +197,7 @@ class RequestParser:
         if self._lines == 0:
             if length > self.limits.request_line:
                 raise HttpError(414, "request line too long")
-        elif length > self.limits.field_size:
+        elif length + 2 > self.limits.field_size:  # gunicorn counts a field line's CRLF
             raise HttpError(431, "request header field too large")
 
 
@@ -325,7 +328,13 @@ def _read_target(req: Request) -> None:
 
 
 def _read_host(req: Request) -> None:
-    """RFC 9112 §3.2: more than one Host, or an invalid one, is a 400."""
+    """RFC 9112 §3.2: more than one Host, or an invalid one, is a 400.
+
+    Content-Type is a singleton too (RFC 9110 §8.3): two of them leave the app guessing
+    which one a proxy in front of it believed, so that is refused as well.
+    """
+    if sum(1 for k, _ in req.headers if k.lower() == "content-type") > 1:
+        raise HttpError(400, "bad request: more than one Content-Type header")
     hosts = [v for k, v in req.headers if k.lower() == "host"]
     if len(hosts) > 1:
         raise HttpError(400, "bad request: more than one Host header")

@@ -229,8 +229,8 @@ def test_item15_bad_targets_refused(server: Server, line: bytes) -> None:
 
 @pytest.mark.timeout(30)
 def test_item15_limits_count_whole_lines_as_gunicorn(server: Server) -> None:
-    """--limit-request-field-size 100: `Name: ` + 95 bytes is a 101-byte line (name+value: 99)."""
-    (answer,) = exchange(server, b"GET /echo HTTP/1.1\r\nHost: t\r\nName: " + b"v" * 95 + b"\r\n\r\n")
+    """--limit-request-field-size 100: `Name: ` + 93 bytes + CRLF is 101 (name+value: 97)."""
+    (answer,) = exchange(server, b"GET /echo HTTP/1.1\r\nHost: t\r\nName: " + b"v" * 93 + b"\r\n\r\n")
     assert answer.status == 431
     # --limit-request-line 120: a 121-byte request line (target alone: 108)
     line = b"GET /" + b"a" * 107 + b" HTTP/1.1"
