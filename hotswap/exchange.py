@@ -18,6 +18,7 @@ still replace its head with `exc_info` until then, and the replacement is framed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from . import response as resp
@@ -32,10 +33,12 @@ DONE = "done"  # the response is complete (or was cut)
 class Exchange:
     """The request side's framing facts and the response side's state, for one request."""
 
-    def __init__(self, req: Request, closing: bool = False) -> None:
+    def __init__(self, req: Request, closing: Callable[[], bool] = lambda: False) -> None:
         self.req = req
         self.is_head = req.method == "HEAD"
-        self.closing = closing  # the worker retires: this response says Connection: close
+        # Asked as the head leaves: a worker that began retiring while the app ran still
+        # says Connection: close on this response, so no client sends another request.
+        self.closing = closing
         self.state = IDLE
         self.head: resp.Head | None = None
         self.sent = 0  # body bytes sent, before chunk framing
@@ -143,7 +146,7 @@ class Exchange:
         elif head.content_length is None and total is not None:
             head.content_length = total
             head.headers.append(("Content-Length", str(total)))
-        keep_alive = self.req.keep_alive and not self.closing
+        keep_alive = self.req.keep_alive and not self.closing()
         if (self.req.expect_continue and not self.continue_sent and not self.req.complete):
             # The client may or may not send its body now: the connection cannot carry
             # another request, and a 100 sent after this head would corrupt the body.

@@ -279,7 +279,7 @@ class ResponseWriter:
 def handle(site: Site, conn: Connection, req: Request) -> bool:
     """Run one request; True when the connection may carry another one."""
     started = time.monotonic()
-    exchange = Exchange(req, closing=site.closing)
+    exchange = Exchange(req, closing=lambda: site.closing)
     stream = InputStream(conn, exchange)
     writer = ResponseWriter(site, conn, exchange)
     environ = build_environ(site, conn, req, stream)

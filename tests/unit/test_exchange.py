@@ -139,6 +139,8 @@ def test_continue_only_while_nothing_is_out() -> None:
 
 
 def test_closing_worker_says_close() -> None:
-    ex = Exchange(request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"), closing=True)
+    retiring = False
+    ex = Exchange(request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"), closing=lambda: retiring)
     ex.start("200 OK", [CT])
+    retiring = True  # the worker began retiring while the app ran
     assert head_of(ex.send(b"x", total=1))[1]["connection"] == "close"
