@@ -404,36 +404,55 @@ class _Chunked(_Body):
         self.trailer_end = 0  # where the trailer section checked so far ends
 
     def consume(self, buf: bytearray, req: Request) -> None:
-        while buf:
-            if self.left > 0:
-                self.left -= _take(buf, req, self.left)
-            elif self.left == 0:
-                if buf[0] != 0x0D or (len(buf) > 1 and buf[1] != 0x0A):
-                    raise HttpError(400, "bad request: chunk data longer than its size")
-                if len(buf) < 2:
-                    return
-                del buf[:2]
-                self.left = -1
-            elif self.left == -1:
-                if not self._size_line(buf):
-                    return
-            else:
-                req.complete = self._trailers(buf, req)
-                return
+        """Decode what `buf` holds; an offset walks it and the used part is cut once at
+        the end, so a body of many small chunks costs no copy per chunk."""
+        pos, end = 0, len(buf)
+        pieces: list[bytes] = []
+        try:
+            while pos < end:
+                if self.left > 0:
+                    n = min(self.left, end - pos)
+                    pieces.append(bytes(buf[pos:pos + n]))
+                    self.left -= n
+                    pos += n
+                elif self.left == 0:
+                    if buf[pos] != 0x0D or (end - pos > 1 and buf[pos + 1] != 0x0A):
+                        raise HttpError(400, "bad request: chunk data longer than its size")
+                    if end - pos < 2:
+                        break
+                    pos += 2
+                    self.left = -1
+                elif self.left == -1:
+                    nl = self._size_line(buf, pos)
+                    if nl < 0:
+                        break
+                    pos = nl + 1
+                else:
+                    del buf[:pos]
+                    pos = 0
+                    req.complete = self._trailers(buf, req)
+                    break
+        finally:
+            del buf[:pos]
+            if pieces:
+                data = b"".join(pieces) if len(pieces) > 1 else pieces[0]
+                req.body.append(data)
+                req.body_buffered += len(data)
 
-    def _size_line(self, buf: bytearray) -> bool:
-        nl = buf.find(b"\n")
+    def _size_line(self, buf: bytearray, pos: int) -> int:
+        """Read the chunk-size line at `pos`; its LF's offset, or -1 while it is incomplete."""
+        nl = buf.find(b"\n", pos)
         if nl < 0:
-            if len(buf) > _MAX_CHUNK_LINE:
+            if len(buf) - pos > _MAX_CHUNK_LINE:
                 raise HttpError(400, "bad request: chunk size line too long")
-            return False
-        match = _CHUNK_LINE.fullmatch(bytes(buf[:nl + 1]))
-        if match is None or len(match.group(1).lstrip(b"0")) > 15:
+            return -1
+        match = _CHUNK_LINE.fullmatch(buf, pos, nl + 1)
+        digits = match.group(1) if match is not None else b""
+        if match is None or len(digits.lstrip(b"0")) > 15:
             raise HttpError(400, "bad request: invalid chunk size line")
-        del buf[:nl + 1]
-        size = int(match.group(1), 16)
+        size = int(digits, 16)
         self.left = size if size else -2  # -2: the trailer section follows
-        return True
+        return nl
 
     def _trailers(self, buf: bytearray, req: Request) -> bool:
         """The trailer section, checked by llhttp and kept apart from the headers."""
