@@ -9,6 +9,9 @@ chunked bodies are decoded; keep-alive follows the HTTP version and Connection h
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from hotswap.request import HttpError, Limits, Request, RequestParser
@@ -335,3 +338,31 @@ def test_upgrade_request_body_is_read() -> None:
 def test_header_values_lose_trailing_whitespace() -> None:
     (req,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nX:  a b \t\r\n\r\n")
     assert req.header("x") == "a b"
+
+
+# -- every split of gunicorn's corpus parses alike -----------------------------------------
+
+CORPUS = Path(__file__).resolve().parent.parent / "data" / "gunicorn-requests"
+
+
+def _decode(text: bytes) -> bytes:
+    data = text.replace(b"\n", b"").replace(b"\\r\\n", b"\r\n").replace(b"\\0", b"\0")
+    data = data.replace(b"\\n", b"\n").replace(b"\\t", b"\t")
+    return re.sub(rb"\\x([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), data)
+
+
+def _outcome(data: bytes, step: int) -> tuple:
+    parser = RequestParser(Limits())
+    for i in range(0, len(data), step):
+        parser.feed(data[i:i + step])
+    reqs = [(summary(r), r.trailers, r.body_error and r.body_error.status) for r in parser.ready]
+    return reqs, parser.error and parser.error.status
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*/*.http")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_corpus_parses_the_same_in_any_split(path: Path) -> None:
+    """TCP has no packet boundaries: whole, byte by byte or in odd pieces, one result."""
+    data = _decode(path.read_bytes())
+    whole = _outcome(data, len(data) or 1)
+    assert _outcome(data, 1) == whole
+    assert _outcome(data, 7) == whole
