@@ -1,7 +1,9 @@
 """Running one parsed request through a WSGI app (PEP 3333) and writing its response.
 
-This is the bridge between the parser (`request`), the response rules (`response`) and a
-connection's socket. It is called on whichever thread owns the connection at the time.
+This is the bridge between the parser (`request`), the exchange state machine (`exchange`,
+which takes every framing decision) and a connection's socket: it only moves bytes and
+maps errors (the app's become a 500; only the server's own socket errors mean the client
+has gone). It is called on whichever thread owns the connection at the time.
 """
 
 from __future__ import annotations
