@@ -531,20 +531,15 @@ class Worker:
 
     def _serve(self, conn: Connection) -> bool:
         """Read what is there and answer every complete request, in order."""
-        error: HttpError | None = None
-        try:
-            if not conn.receive():
-                return False
-        except HttpError as exc:
-            error = exc
+        if not conn.receive():
+            return False
         parser = conn.parser
         answered = False
         while parser.ready:
             req = parser.ready.popleft()
             conn.served = answered = True
-            if error is not None and not req.complete:
-                # Its body broke the parser: no more of it can ever be parsed, so an app
-                # reading it would wait for the I/O timeout. Refuse it instead.
+            if req.body_error is not None:
+                # Its body broke the parser before the app ran: refuse it unseen.
                 break
             if self.pool is None:
                 self._beat_if_stale()
@@ -556,8 +551,8 @@ class Worker:
                                      req.method, req.target.decode("latin-1")[:200],
                                      conn.response_time)
                 return False
-        if error is not None:
-            self._refuse(conn, error)
+        if parser.error is not None:
+            self._refuse(conn, parser.error)
             return False
         conn.last_active = time.monotonic()
         if not parser.in_message:
