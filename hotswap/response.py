@@ -46,7 +46,7 @@ class Head:
 
     @property
     def bodiless(self) -> bool:
-        """1xx, 204 and 304 never carry a body, whatever the app yields."""
+        """204 and 304 never carry a body, whatever the app yields (1xx is refused)."""
         return self.code < 200 or self.code in (204, 304)
 
 
@@ -69,6 +69,7 @@ def check_head(status: object, headers: object) -> Head:
             raise BadResponse(f"malformed response header name {name!r}")
         if type(value) is not str or _BAD_VALUE.search(value):
             raise BadResponse(f"malformed value for response header {name!r}")
+        value = value.strip(" \t")  # RFC 9110 §5.5: no leading/trailing whitespace
         lname = name.lower()
         if lname == "connection":
             close = close or "close" in value.lower()
@@ -86,6 +87,8 @@ def check_head(status: object, headers: object) -> Head:
             value.encode("latin-1")
     except UnicodeEncodeError:
         raise BadResponse("response status and headers must be latin-1") from None
+    if status[0] == "1":
+        raise BadResponse(f"{status!r} is an interim status, not a final response")
     return Head(status, int(status[:3]), checked, content_length, close)
 
 
@@ -122,17 +125,6 @@ def http_date(seconds: float) -> str:
 _dates = DateCache()
 
 
-def frame(head: Head, version: str, keep_alive: bool, is_head: bool) -> None:
-    """Choose framing for the body and whether the connection survives the response."""
-    head.close = head.close or not keep_alive
-    if head.bodiless or is_head or head.content_length is not None:
-        return
-    if version == "1.1":
-        head.chunked = True
-    else:
-        head.close = True
-
-
 def serialize(head: Head) -> bytes:
     """The bytes of the status line and header block."""
     lines = [f"HTTP/1.1 {head.status}", f"Server: {SERVER}", f"Date: {_dates.get()}"]
@@ -148,6 +140,10 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def status_text(code: int) -> str:
+    return f"{code} {_REASONS.get(code, 'Error')}"
 
 
 def error_response(code: int, message: str = "") -> bytes:

@@ -307,16 +307,19 @@ class Worker:
         return True
 
     def _orphaned(self) -> None:
-        """The master is gone: finish everything we hold, but wait for no idle client.
+        """The master is gone: retire exactly like on TERM, and finish everything we hold.
 
-        Only a kept-alive connection with nothing sent is closed: one just accepted,
-        one with a request (or part of one) already in its buffer, one lingering, all
-        are served to the end like in any retirement.
+        Idle kept-alive connections are not closed at once: a client may be sending its
+        next request right now, and closing under it would fail that request. They get
+        their next answer with `Connection: close`, or are closed at the keep-alive
+        timeout, as in any retirement.
         """
         self.log.warning("master %d is gone, worker exiting", self.spec.master_pid)
         self.orphaned = True
         self._leave_by_deadline()
         self._begin_stop()
+
+    def _close_idle(self) -> None:
         for conn in list(self.conns.values()):
             if self._idle(conn) and not conn.waiting():
                 self._close(conn)
@@ -334,6 +337,10 @@ class Worker:
         self.site.closing = True
         self._sync_accept()
         taken = 0 if self.parked else self._take_queued()
+        if self.parked:
+            # TERM on a parked worker means its generation is done: no client comes back
+            # to an idle kept-alive connection in time to matter, so leave at once.
+            self._close_idle()
         for listener in self.listeners.values():
             listener.sock.close()
         self.listeners = {}
@@ -524,20 +531,15 @@ class Worker:
 
     def _serve(self, conn: Connection) -> bool:
         """Read what is there and answer every complete request, in order."""
-        error: HttpError | None = None
-        try:
-            if not conn.receive():
-                return False
-        except HttpError as exc:
-            error = exc
+        if not conn.receive():
+            return False
         parser = conn.parser
         answered = False
         while parser.ready:
             req = parser.ready.popleft()
             conn.served = answered = True
-            if error is not None and not req.complete:
-                # Its body broke the parser: no more of it can ever be parsed, so an app
-                # reading it would wait for the I/O timeout. Refuse it instead.
+            if req.body_error is not None:
+                # Its body broke the parser before the app ran: refuse it unseen.
                 break
             if self.pool is None:
                 self._beat_if_stale()
@@ -549,8 +551,8 @@ class Worker:
                                      req.method, req.target.decode("latin-1")[:200],
                                      conn.response_time)
                 return False
-        if error is not None:
-            self._refuse(conn, error)
+        if parser.error is not None:
+            self._refuse(conn, parser.error)
             return False
         conn.last_active = time.monotonic()
         if not parser.in_message:

@@ -1,7 +1,9 @@
 """Running one parsed request through a WSGI app (PEP 3333) and writing its response.
 
-This is the bridge between the parser (`request`), the response rules (`response`) and a
-connection's socket. It is called on whichever thread owns the connection at the time.
+This is the bridge between the parser (`request`), the exchange state machine (`exchange`,
+which takes every framing decision) and a connection's socket: it only moves bytes and
+maps errors (the app's become a 500; only the server's own socket errors mean the client
+has gone). It is called on whichever thread owns the connection at the time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import unquote_to_bytes
 
 from . import response as resp
 from .connection import Connection
+from .exchange import IDLE, STARTED, Exchange
 from .forwarded import TrustedProxies
 from .request import HttpError, Request
 
@@ -37,21 +40,42 @@ class Site:
 
 
 class ClientGone(Exception):
-    """The client closed or timed out while the app was reading the body."""
+    """The server's own socket failed (the client closed, reset or timed out).
+
+    Only the server's I/O raises this; an OSError the app raises (a missing file, a
+    timeout to its database) is the app's error and gets a 500 like any other.
+    """
+
+
+class BadBody(ClientGone):
+    """The request body turned out malformed while the app was reading it."""
+
+    def __init__(self, error: HttpError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+def send(conn: Connection, data: bytes) -> None:
+    """Send on the client socket; its failures are the client's, not the app's."""
+    try:
+        conn.send(data)
+    except OSError as exc:
+        raise ClientGone(f"client gone while sending: {exc}") from None
 
 
 class InputStream(io.RawIOBase):
     """`wsgi.input`: the body, pulled from the socket only when the app asks for it.
 
     It reads through the connection's parser, so chunked bodies arrive decoded and a
-    pipelined next request that shares a packet with this body is kept for later.
+    pipelined next request that shares a packet with this body is kept for later (a
+    broken next request is that request's problem, never this one's).
     """
 
-    def __init__(self, conn: Connection, req: Request) -> None:
+    def __init__(self, conn: Connection, exchange: Exchange) -> None:
         self._conn = conn
-        self._req = req
+        self._exchange = exchange
+        self._req = exchange.req
         self._buf = bytearray()
-        self.continue_sent = False
 
     def _fill(self) -> bool:
         """Move more body into the buffer; False at the end of the body."""
@@ -62,14 +86,11 @@ class InputStream(io.RawIOBase):
             return True
         if req.complete:
             return False
-        if req.expect_continue and not self.continue_sent:
-            self.continue_sent = True
-            self._conn.send(resp.CONTINUE)
-        try:
-            alive = self._conn.receive(wait=True)
-        except HttpError:
-            raise ClientGone("malformed body") from None
-        if not alive:
+        if req.body_error is not None:
+            raise BadBody(req.body_error)
+        if self._exchange.need_continue():
+            send(self._conn, resp.CONTINUE)
+        if not self._conn.receive(wait=True):
             raise ClientGone("client went away while sending the body")
         return True
 
@@ -123,7 +144,7 @@ class InputStream(io.RawIOBase):
         if self._req.complete:
             self._req.body.clear()
             return True
-        if self._req.expect_continue and not self.continue_sent:
+        if self._req.expect_continue and not self._exchange.continue_sent:
             return False  # the client may or may not send the body: do not guess
         dropped = 0
         try:
@@ -131,7 +152,7 @@ class InputStream(io.RawIOBase):
                 self._buf.clear()
                 self._fill()
                 dropped += len(self._buf)
-        except (ClientGone, OSError):
+        except ClientGone:
             return False
         self._buf.clear()
         self._req.body.clear()
@@ -153,17 +174,16 @@ class FileWrapper:
 
 
 def build_environ(site: Site, conn: Connection, req: Request, stream: InputStream) -> dict[str, Any]:
-    """The per-request environ, on top of the worker's shared base."""
-    target = req.target
-    if not target.startswith(b"/") and b"://" in target:
-        target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
-    path, _, query = target.partition(b"?")
-    query = query.partition(b"#")[0]
+    """The per-request environ, on top of the worker's shared base.
+
+    Only the head's fields go in: trailer fields never do (RFC 9110 §6.5.1), since they
+    arrive after the app started and are not vouched for like the head.
+    """
     environ = site.base_environ.copy()
     environ["REQUEST_METHOD"] = req.method
-    environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
-    environ["QUERY_STRING"] = query.decode("latin-1")
-    environ["RAW_URI"] = target.decode("latin-1")
+    environ["PATH_INFO"] = unquote_to_bytes(req.path).decode("latin-1")
+    environ["QUERY_STRING"] = req.query.decode("latin-1")
+    environ["RAW_URI"] = req.target.decode("latin-1")
     environ["SERVER_PROTOCOL"] = f"HTTP/{req.version}"
     environ["wsgi.input"] = stream
     environ["SERVER_NAME"], environ["SERVER_PORT"] = conn.server
@@ -182,6 +202,9 @@ def build_environ(site: Site, conn: Connection, req: Request, stream: InputStrea
         environ[key] = environ[key] + "," + value if key in environ else value
     if req.chunked:
         environ.pop("CONTENT_LENGTH", None)
+    if req.authority is not None:
+        # RFC 9112 §3.2.2: an absolute-form target's authority replaces the Host header
+        environ["HTTP_HOST"] = req.authority
     host = environ.get("HTTP_HOST")
     if host:
         name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
@@ -194,97 +217,40 @@ def build_environ(site: Site, conn: Connection, req: Request, stream: InputStrea
 
 
 class ResponseWriter:
-    """start_response, write(), and sending the app's iterable with the chosen framing."""
+    """PEP 3333's start_response and write(), and sending the app's iterable.
 
-    def __init__(self, site: Site, conn: Connection, req: Request,
-                 stream: InputStream | None = None) -> None:
+    Every framing decision is the Exchange's; this class only moves its bytes to the socket.
+    """
+
+    def __init__(self, site: Site, conn: Connection, exchange: Exchange) -> None:
         self.site = site
         self.conn = conn
-        self.req = req
-        self.stream = stream
-        self.head: resp.Head | None = None
-        self.prepared = False
-        self.head_sent = False
-        self.sent = 0  # body bytes sent (before chunk framing)
-        self.is_head = req.method == "HEAD"
+        self.exchange = exchange
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None):
-        if exc_info is not None:
-            try:
-                if self.head_sent:
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None
-        elif self.head is not None:
-            raise AssertionError("start_response called twice without exc_info")
-        self.head = resp.check_head(status, headers)
+        self.exchange.start(status, headers, exc_info)
         return self.write
 
-    def _prepare(self, known_length: int | None = None) -> resp.Head:
-        head = self.head
-        if head is None:
-            raise resp.BadResponse("the app returned before calling start_response")
-        if head.content_length is None and known_length is not None and not self.is_head:
-            head.content_length = known_length
-            head.headers.append(("Content-Length", str(known_length)))
-        # A closing worker still answers a request the client already sent behind this one.
-        closing = self.site.closing and not self.conn.next_request_waiting(self.req.complete)
-        keep_alive = self.req.keep_alive and not closing and not self._uninvited_body()
-        resp.frame(head, self.req.version, keep_alive, self.is_head)
-        self.prepared = True
-        return head
-
-    def _uninvited_body(self) -> bool:
-        """True when the client still waits for a 100 Continue as the final head goes out.
-
-        Its body may or may not follow, so the connection cannot carry another request;
-        and a 100 sent after this head would land inside the response body, so from here
-        on none is sent at all.
-        """
-        stream = self.stream
-        if stream is None or not self.req.expect_continue or stream.continue_sent:
-            return False
-        if self.req.complete:
-            return False  # the client sent its body without waiting: nothing is pending
-        stream.continue_sent = True
-        return True
-
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, total: int | None = None) -> None:
         """Send a body piece (and the head, the first time)."""
         if type(data) is not bytes:
             raise resp.BadResponse(f"the app wrote {type(data).__name__}, not bytes")
-        head = self.head if self.prepared and self.head else self._prepare()
-        if not data or head.bodiless or self.is_head:
-            return
-        if head.content_length is not None:
-            room = head.content_length - self.sent
-            if len(data) > room:
-                data = data[:room]
-                head.close = True
-                self.site.log_error("app sent more than its Content-Length; response cut")
-        self.sent += len(data)
-        if head.chunked:
-            if data:
-                self._send_head(resp.chunk(data))
-        else:
-            self._send_head(data)
+        self._send(self.exchange.send(data, total))
 
-    def _send_head(self, data: bytes) -> None:
-        if not self.head_sent:
-            self.head_sent = True
-            assert self.head is not None
-            data = resp.serialize(self.head) + data
-        if data:
-            self.conn.send(data)
+    def _send(self, wire: bytes) -> None:
+        if self.exchange.overflow:
+            self.exchange.overflow = False
+            self.site.log_error("app sent more than its Content-Length; response cut")
+        if wire:
+            send(self.conn, wire)
 
     def send_all(self, body: list[bytes] | tuple[bytes, ...]) -> None:
         """A list body: its length is known, so send head and body in one write."""
         for piece in body:
             if type(piece) is not bytes:
                 raise resp.BadResponse(f"the app yielded {type(piece).__name__}, not bytes")
-        if not self.prepared:
-            self._prepare(sum(map(len, body)))
-        self.write(b"".join(body))
+        data = b"".join(body)
+        self.write(data, len(data) if self.exchange.state == STARTED else None)
 
     def send_file(self, wrapper: FileWrapper) -> bool:
         """Try sendfile(2) for a real file; False when the object is not one."""
@@ -294,56 +260,66 @@ class ResponseWriter:
             size = os.fstat(fd).st_size - offset
         except (AttributeError, OSError, io.UnsupportedOperation):
             return False
-        if self.prepared or self.head is None:
+        plan = self.exchange.file_head(size)
+        if plan is None:
             return False
-        head = self._prepare(size)
-        if head.chunked or head.bodiless or self.is_head:
-            return False
-        count = size if head.content_length is None else min(size, head.content_length)
-        self._send_head(b"")
-        sent = self.conn.sendfile(wrapper.filelike, offset, count)  # bounded by a deadline
-        self.sent += sent
+        head, count = plan
+        self._send(head)
+        if count:
+            try:
+                sent = self.conn.sendfile(wrapper.filelike, offset, count)  # by a deadline
+            except OSError as exc:
+                raise ClientGone(f"client gone during sendfile: {exc}") from None
+            self.exchange.file_sent(sent)
         return True
 
     def finish(self) -> None:
-        """End the body: send a head nobody wrote, the last chunk, or mark a short body."""
-        head = self.head if self.prepared and self.head else self._prepare(
-            None if self.is_head else 0)
-        self._send_head(b"")
-        if head.chunked:
-            self.conn.send(resp.LAST_CHUNK)
-        elif (head.content_length is not None and self.sent < head.content_length
-              and not head.bodiless and not self.is_head):
-            head.close = True  # the client waits for bytes that will never come: hang up
+        """End the body: send a head nobody wrote, or the last chunk."""
+        self._send(self.exchange.end())
 
 
 def handle(site: Site, conn: Connection, req: Request) -> bool:
     """Run one request; True when the connection may carry another one."""
     started = time.monotonic()
-    stream = InputStream(conn, req)
-    writer = ResponseWriter(site, conn, req, stream)
+    # A closing worker still answers a request the client already sent behind this one.
+    exchange = Exchange(
+        req, closing=lambda: site.closing and not conn.next_request_waiting(req.complete))
+    stream = InputStream(conn, exchange)
+    writer = ResponseWriter(site, conn, exchange)
     environ = build_environ(site, conn, req, stream)
     site.requests += 1
     try:
         _run_app(site, environ, writer)
-    except (ClientGone, OSError):
+    except BadBody as exc:
+        site.log_error("refused request body of %s %s: %s", req.method, environ["RAW_URI"],
+                       exc.error.reason)
+        if exchange.state in (IDLE, STARTED):
+            _answer_error(site, conn, exchange, environ, started, exc.error.status,
+                          exc.error.reason)
+        return False
+    except ClientGone:
         return False
     except Exception as exc:
         site.log_error("error handling %s %s: %s", req.method, environ["RAW_URI"],
                        exc, exc_info=sys.exc_info())
-        if not writer.head_sent:
-            try:
-                conn.send(resp.error_response(500))
-            except OSError:
-                pass
-            writer.head = resp.Head("500 Internal Server Error", 500, [], None, close=True)
-            _log(site, environ, writer, started)
+        if exchange.state in (IDLE, STARTED):
+            _answer_error(site, conn, exchange, environ, started, 500, "")
         return False
-    _log(site, environ, writer, started)
-    assert writer.head is not None
-    if writer.head.close:
+    _log(site, environ, exchange, started)
+    if not exchange.reusable:
         return False
     return stream.finish()
+
+
+def _answer_error(site: Site, conn: Connection, exchange: Exchange, environ: dict[str, Any],
+                  started: float, code: int, message: str) -> None:
+    """The server's own answer when the app's response never started."""
+    try:
+        send(conn, resp.error_response(code, message))
+    except ClientGone:
+        return
+    exchange.head = resp.Head(resp.status_text(code), code, [], None, close=True)
+    _log(site, environ, exchange, started)
 
 
 def _run_app(site: Site, environ: dict[str, Any], writer: ResponseWriter) -> None:
@@ -363,7 +339,7 @@ def _run_app(site: Site, environ: dict[str, Any], writer: ResponseWriter) -> Non
             close()
 
 
-def _log(site: Site, environ: dict[str, Any], writer: ResponseWriter, started: float) -> None:
-    if site.log_access is not None and writer.head is not None:
-        size = writer.sent if writer.sent or not writer.is_head else None
-        site.log_access(environ, writer.head.status, size, time.monotonic() - started)
+def _log(site: Site, environ: dict[str, Any], exchange: Exchange, started: float) -> None:
+    if site.log_access is not None and exchange.head is not None:
+        size = exchange.sent if exchange.sent or not exchange.is_head else None
+        site.log_access(environ, exchange.head.status, size, time.monotonic() - started)

@@ -161,3 +161,17 @@ def test_failed_health_check_is_a_boot_failure(masters, tmp_path):
 def test_passing_health_check_boots(masters, tmp_path):
     m, port, worker = start(masters, tmp_path, "--health-path", "/healthz")
     assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == str(worker)
+
+
+def test_term_on_a_parked_worker_does_not_wait_for_idle_kept_alive_clients(masters, tmp_path):
+    m, port, worker = start(masters, tmp_path, "--graceful-timeout", "30", "--keepalive", "30")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"Connection: keep-alive" in sock.recv(65536)
+        os.kill(worker, signal.SIGWINCH)
+        wait_for(lambda: "parked: not accepting" in m.log(), what="the park")
+        os.kill(worker, signal.SIGTERM)
+        # Far below --keepalive 30 and --graceful-timeout 30.
+        wait_for(lambda: not procs.is_alive(worker), 5, what="the parked worker to exit")
+        assert sock.recv(65536) == b"", "the idle connection is closed, not reset"
+

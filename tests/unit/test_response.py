@@ -2,9 +2,8 @@
 
 Proven here: what an app passes to start_response is checked before a byte is sent
 (wrong types, malformed status, a CR/LF in a header — response splitting —, hop-by-hop
-headers that are the server's to send), framing follows the rules (Content-Length when
-known, chunked for HTTP/1.1, close-delimited for HTTP/1.0, never a body for HEAD, 1xx,
-204, 304), and the bytes on the wire are well-formed, with Date and Server.
+headers that are the server's to send, surrounding whitespace trimmed), and the bytes on
+the wire are well-formed, with Date and Server. Framing is the Exchange's (test_exchange).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import time
 import pytest
 
 from hotswap import response as resp
-from hotswap.response import BadResponse, check_head, chunk, error_response, frame, serialize
+from hotswap.response import BadResponse, check_head, chunk, error_response, serialize
 
 CT = ("Content-Type", "text/plain")
 
@@ -92,55 +91,31 @@ def test_connection_header_is_taken_not_forwarded() -> None:
 
 
 @pytest.mark.parametrize(("status", "bodiless"), [
-    ("100 Continue", True), ("204 No Content", True), ("304 Not Modified", True),
+    ("204 No Content", True), ("304 Not Modified", True),
     ("200 OK", False), ("404 Not Found", False), ("205 Reset Content", False),
 ])
 def test_bodiless_codes(status: str, bodiless: bool) -> None:
     assert check_head(status, []).bodiless is bodiless
 
 
-# -- frame -------------------------------------------------------------------------------------
-
-
-def framed(status: str, headers: list, version: str = "1.1", keep_alive: bool = True,
-           is_head: bool = False) -> resp.Head:
+def framed(status: str, headers: list, keep_alive: bool = True) -> resp.Head:
+    """A checked head with the framing flags serialize() reads (the Exchange sets them)."""
     head = check_head(status, headers)
-    frame(head, version, keep_alive, is_head)
+    head.chunked = head.content_length is None
+    head.close = head.close or not keep_alive
     return head
 
 
-def test_known_length_keeps_the_connection() -> None:
-    head = framed("200 OK", [("Content-Length", "5")])
-    assert (head.chunked, head.close) == (False, False)
-    head10 = framed("200 OK", [("Content-Length", "5")], version="1.0")
-    assert (head10.chunked, head10.close) == (False, False)
+def test_header_values_lose_surrounding_whitespace() -> None:
+    """Django's SimpleCookie output starts with a space: `Set-Cookie:  csrftoken=…`."""
+    head = check_head("200 OK", [("Set-Cookie", " csrftoken=abc"), ("X-T", "\tv\t ")])
+    assert head.headers == [("Set-Cookie", "csrftoken=abc"), ("X-T", "v")]
+    assert b"Set-Cookie: csrftoken=abc\r\n" in serialize(head)
 
 
-def test_unknown_length_is_chunked_in_http11() -> None:
-    head = framed("200 OK", [CT])
-    assert (head.chunked, head.close) == (True, False)
-
-
-def test_unknown_length_closes_in_http10() -> None:
-    head = framed("200 OK", [CT], version="1.0")
-    assert (head.chunked, head.close) == (False, True)
-
-
-def test_no_keep_alive_closes() -> None:
-    head = framed("200 OK", [("Content-Length", "5")], keep_alive=False)
-    assert head.close and not head.chunked
-
-
-def test_app_asking_to_close_wins() -> None:
-    head = framed("200 OK", [("Content-Length", "5"), ("Connection", "close")])
-    assert head.close
-
-
-@pytest.mark.parametrize(("status", "is_head"), [("200 OK", True), ("204 No Content", False),
-                                                 ("304 Not Modified", False)])
-def test_no_body_no_chunking(status: str, is_head: bool) -> None:
-    head = framed(status, [CT], is_head=is_head)
-    assert (head.chunked, head.close) == (False, False)
+def test_interim_status_is_not_a_final_response() -> None:
+    with pytest.raises(BadResponse):
+        check_head("100 Continue", [])
 
 
 # -- serialize, chunk, error_response ----------------------------------------------------------
