@@ -30,6 +30,7 @@ from . import config as config_mod
 from .boot import Lineage
 from .config import Config
 from .errors import StartupError
+from .keeper import announce_master
 from .logs import Logs
 from .proctitle import set_title
 from .signals import SignalQueue
@@ -393,6 +394,7 @@ class Arbiter:
         if self.pidfile is not None:
             self._pidfile_op(self.pidfile.restore, self.pid, pid)
             self._pidfile_op(self.pidfile.remove_oldbin_if_ours, self.pid)
+        announce_master(self.pid)
         if self.stopping is None:
             notify.notify_ready(main_pid=self.pid)
         if self.winched:
@@ -571,6 +573,7 @@ class Arbiter:
             notify.notify_ready(main_pid=self.pid, status=f"generation {self.lineage.generation}")
         else:
             notify.notify_ready(status=f"generation {self.lineage.generation}")
+        announce_master(self.pid)
         self.log.info("ready: %d worker(s) booted in %.2f s", len(booted), took)
 
     def _stop_done(self, now: float) -> bool:

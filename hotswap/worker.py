@@ -158,6 +158,7 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_quit)
         signal.signal(signal.SIGUSR1, self._on_usr1)
         signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # blocked since fork_worker, see there
 
     def _on_term(self, signum: int, frame: Any) -> None:
         if os.getppid() != self.spec.master_pid:
