@@ -52,7 +52,10 @@ def _import(module_name: str) -> Any:
     except BaseException as exc:  # the app's import ran arbitrary code
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise _with_traceback(f"cannot import APP module {module_name!r}: {_one_line(exc)}", exc) from None
+        summary = f"cannot import APP module {module_name!r}: {_one_line(exc)}"
+        if isinstance(exc, SystemExit):  # sys.exit() in the app, or our own stop signal
+            raise StartupError(summary) from None
+        raise _with_traceback(summary, exc) from None
 
 
 def _call_factory(spec: str, factory: Any) -> Any:

@@ -273,3 +273,54 @@ def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     return env
+
+
+class Daemons:
+    """Runs `hotswap start -D`; teardown kills every daemon it can find, by pid."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.pidfiles: list[Path] = []
+        self.pids: set[int] = set()
+
+    def start(self, *args: str, cwd: Path | None = None,
+              pidfile: Path | None = None) -> subprocess.CompletedProcess[str]:
+        pidfile = pidfile or self.tmp / "hotswap.pid"
+        self.pidfiles.append(pidfile)
+        before = set(_masters_titled())
+        try:
+            return subprocess.run([sys.executable, "-m", "hotswap", "start", "--daemon", *args],
+                                  cwd=cwd or self.tmp, env=python_env(), capture_output=True,
+                                  text=True, timeout=60, stdin=subprocess.DEVNULL)
+        finally:
+            self.pids |= {pid for pid in _masters_titled() if pid not in before
+                          and _started_in(pid, self.tmp)}
+
+    def close(self) -> None:
+        pids = set(self.pids)
+        for path in self.pidfiles:
+            try:
+                pids.add(int(path.read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        for pid in pids:
+            if procs.is_hotswap_master(pid):
+                family = descendants(pid)
+                for target in [pid, *family]:
+                    try:
+                        os.kill(target, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+
+def _masters_titled() -> list[int]:
+    return [int(n) for n in os.listdir("/proc") if n.isdigit()
+            and (procs.cmdline(int(n)) or "").startswith("hotswap: master")]
+
+
+def _started_in(pid: int, tmp: Path) -> bool:
+    """Ours, not another test's (other suites may run on this machine at the same time)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd").startswith(str(tmp))
+    except OSError:
+        return False
