@@ -30,6 +30,7 @@ from pidfiles import procs
 from upgrade.names import ENV_KEEPER_FD
 
 from . import daemonpipe
+from .proctitle import set_title
 
 FORWARDED = (
     signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
@@ -78,7 +79,7 @@ def keeper_fd(environ: MutableMapping[str, str]) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
-def run(serve: Callable[[], int]) -> int:
+def run(serve: Callable[[], int], name: str | None = None) -> int:
     """Fork the first master (which runs `serve`), then keep; returns the service's status."""
     _become_subreaper()
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -91,6 +92,7 @@ def run(serve: Callable[[], int]) -> int:
         _run_master(serve, read_fd, write_fd, keeper, previous)  # never returns
     signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     os.close(write_fd)
+    set_title("keeper", name)
     keeper.current = pid
     return keeper.loop()
 

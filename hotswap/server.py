@@ -43,7 +43,7 @@ def serve(flags: dict[str, Any], keeper_flag: bool | None = None) -> int:
         raise
     in_upgrade = lineage.parent_pid is not None
     if keeper.wanted(keeper_flag, cfg.daemon, os.environ, in_upgrade):
-        return keeper.run(lambda: _serve_in_keeper(cfg, flags, lineage, start_dir, argv))
+        return keeper.run(lambda: _serve_in_keeper(cfg, flags, lineage, start_dir, argv), cfg.name)
     return _serve(cfg, flags, lineage, start_dir, argv)
 
 
