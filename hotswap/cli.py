@@ -98,17 +98,21 @@ def start(**params: Any) -> None:
 
 @main.command()
 @_PIDFILE
-@click.option("--timeout", type=float, default=60.0, show_default=True,
-              help="Deadline for each step (s).")
-@click.option("--health-url", help="Must answer 2xx once the new master is ready.")
-@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Stop following after this long (s); the server goes on by itself.")
+@click.option("--health-url", help="For this upgrade: probed on the new generation only, "
+                                   "before it goes live and during the watch window.")
+@click.option("--json", "as_json", is_flag=True, help="Print the upgrade record as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def upgrade(pidfile: str, timeout: float, health_url: str | None, as_json: bool,
             quiet: bool) -> None:
-    """Live upgrade: USR2, wait ready, WINCH, drain, QUIT; roll back on any failure."""
+    """Live upgrade: send USR2 and follow it; exit 0 only when it committed.
+
+    The master runs the upgrade (and any rollback) by itself; interrupting this
+    command changes nothing but what is printed.
+    """
     if timeout <= 0:
         _fail("--timeout must be positive")
-    # Imported here: its HTTP client would otherwise sit in every master's memory.
     from upgrade.orchestrator import run_upgrade
 
     def step(message: str) -> None:

@@ -6,9 +6,15 @@ request head is served inline (threads=1) or on a pool of `threads` threads.
 
 The worker talks to its master over one pipe: `B` once the app is loaded (the master's
 readiness depends on it), `.` as a heartbeat at most once a second, `E<reason>\\n`
-when the app cannot be loaded, and `R` when it retires on its own (--max-requests), so
+when the app cannot be loaded, `R` when it retires on its own (--max-requests), so
 the master forks its replacement at once instead of after the last idle keep-alive
-client is gone. A worker whose master is gone leaves on its own.
+client is gone, and `P` once it is parked and holds no connection. A worker whose
+master is gone leaves on its own.
+
+Parking (WINCH, resumed by HUP) is a retirement that does not end: the worker stops
+accepting on the shared listeners at once, finishes what it holds, and stays alive with
+the app loaded, so an upgrade can hand the sockets to a new generation and still roll
+back to this one in a moment. A private probe listener is served even while parked.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .config import Config
 from .connection import Connection
 from .errors import StartupError
 from .forwarded import TrustedProxies
+from .healthcheck import check_app
 from .logs import Logs
 from .proctitle import set_title
 from .request import HttpError, Limits
@@ -43,6 +50,7 @@ from .request import HttpError, Limits
 BOOT_FAILED = 3  # exit status of a worker that could not load the app
 TICK = 1.0
 HOUSEKEEPING = 0.25
+TAKE_QUEUED = 64  # connections a retiring or parking worker takes from each listener's queue
 PR_SET_PDEATHSIG = 1
 
 
@@ -82,11 +90,19 @@ class Worker:
         self.cfg = spec.cfg
         self.log = spec.logs.error
         self.conns: dict[int, Connection] = {}
-        self.listeners = {lst.fd: lst for lst in spec.listeners}
-        self.server_names = {lst.fd: _server_address(lst) for lst in spec.listeners}
+        self.shared = {lst.fd: lst for lst in spec.listeners}
+        self.probe = spec.probe
+        self.listeners = dict(self.shared)  # every listener fd an epoll event may name
+        if self.probe is not None:
+            self.listeners[self.probe.fd] = self.probe
+        self.server_names = {fd: _server_address(lst) for fd, lst in self.listeners.items()}
+        self.in_epoll: set[int] = set()  # listener fds registered right now
         self.limits = Limits(self.cfg.limit_request_line, self.cfg.limit_request_fields,
                              self.cfg.limit_request_field_size)
         self.stop_at: float | None = None  # monotonic deadline once a graceful stop began
+        self.parked = spec.parked  # not accepting on the shared listeners
+        self.park_wanted = spec.parked  # what the last WINCH/HUP asked for
+        self.park_told = True  # `P` already sent for this park (none for a worker born parked)
         self.reopen_logs = False
         self.last_beat = 0.0
         self.beat_interval = min(TICK, self.cfg.timeout / 4)
@@ -94,7 +110,6 @@ class Worker:
         self.deadline_armed = False
         self.next_housekeeping = 0.0
         self.busy = 0
-        self.accepting = False
         self.returned: deque[tuple[Connection, bool]] = deque()
         self.pool: ThreadPoolExecutor | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -113,20 +128,27 @@ class Worker:
         try:
             app = self.spec.app or load_app(self.cfg.app)
         except StartupError as exc:
-            self._tell(b"E" + str(exc).encode("utf-8", "replace") + b"\n")
+            self._tell(b"E" + _one_line(str(exc)) + b"\n")
             return BOOT_FAILED
+        base_environ = self._base_environ()
+        if self.cfg.health_path:
+            failure = check_app(app, self.cfg.health_path, base_environ)
+            if failure is not None:
+                self.log.error("%s", failure)
+                self._tell(b"E" + _one_line(failure) + b"\n")
+                return BOOT_FAILED
         self.site = wsgi.Site(
             app=app,
-            base_environ=self._base_environ(),
+            base_environ=base_environ,
             proxies=TrustedProxies(self.cfg.forwarded_allow_ips),
             log_error=self.log.error,
             log_access=self.spec.logs.access if self.spec.logs.access_enabled else None,
         )
-        self.site.closing = self.cfg.keepalive <= 0
+        self.site.closing = self.cfg.keepalive <= 0 or self.parked
         if self.cfg.threads > 1:
             self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="hotswap")
         self.epoll.register(self.wake_r, select.EPOLLIN)
-        self._accept_on()
+        self._sync_accept()
         signal.signal(signal.SIGTERM, self._on_term)  # from now on TERM means: finish, then go
         self._tell(b"B")
         self.last_beat = time.monotonic()
@@ -149,7 +171,7 @@ class Worker:
         }
 
     def _install_signals(self) -> None:
-        for sig in (signal.SIGHUP, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2):
+        for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # While the app loads there is nothing to finish: TERM leaves at once.
@@ -157,6 +179,9 @@ class Worker:
         signal.signal(signal.SIGQUIT, self._on_quit)
         signal.signal(signal.SIGINT, self._on_quit)
         signal.signal(signal.SIGUSR1, self._on_usr1)
+        # Recorded from the start, so a HUP sent while the app still loads is not lost.
+        signal.signal(signal.SIGWINCH, self._on_winch)
+        signal.signal(signal.SIGHUP, self._on_hup)
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])  # blocked since fork_worker, see there
 
@@ -183,6 +208,22 @@ class Worker:
         self.reopen_logs = True
         self._wake()
 
+    def _on_winch(self, signum: int, frame: Any) -> None:
+        self.park_wanted = True
+        site = getattr(self, "site", None)
+        if site is not None:
+            # Now, not at the next tick: an inline worker may be inside the app, and the
+            # response it is about to send must already say Connection: close.
+            site.closing = True
+        self._wake()
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self.park_wanted = False
+        site = getattr(self, "site", None)
+        if site is not None and self.stop_at is None:
+            site.closing = self.cfg.keepalive <= 0  # undo a WINCH the loop has not seen yet
+        self._wake()
+
     def _wake(self) -> None:
         try:
             os.write(self.wake_w, b"x")
@@ -199,7 +240,8 @@ class Worker:
                 events = []
             for fd, _mask in events:
                 if fd in self.listeners:
-                    self._accept(self.listeners[fd])
+                    if fd in self.in_epoll:  # not one unregistered by an earlier event
+                        self._accept(self.listeners[fd])
                 elif fd == self.wake_r:
                     self._drain_wake()
                 else:
@@ -212,7 +254,7 @@ class Worker:
     def _tick(self) -> bool:
         """Housekeeping after each wake-up; False when the worker should leave.
 
-        Under load the loop wakes per request; the sweep over parked connections runs at
+        Under load the loop wakes per request; the sweep over idle connections runs at
         most every HOUSEKEEPING seconds so a hundred idle clients cost nothing per request.
         """
         now = time.monotonic()
@@ -222,6 +264,12 @@ class Worker:
             self.log.info("max requests (%d) reached, worker retiring", self.max_requests)
             self._begin_stop()
             self._tell(b"R")
+        if self.park_wanted != self.parked and self.stop_at is None:
+            self._park() if self.park_wanted else self._resume()
+        if self.parked and not self.park_told and not self.conns and not self.busy:
+            self.park_told = True
+            self.log.debug("parked and holding no connection")
+            self._tell(b"P")
         if now < self.next_housekeeping and self.stop_at is None and not self.reopen_logs:
             return True
         self.next_housekeeping = now + HOUSEKEEPING
@@ -233,8 +281,6 @@ class Worker:
         if self.reopen_logs:
             self.reopen_logs = False
             self.spec.logs.reopen()
-        if self.stop_at is not None and self.listeners:
-            self._accept_off_for_good()  # also when paused for lack of a free thread
         self._sweep(now)
         if self.stop_at is not None:
             if not self.conns and not self.busy:
@@ -256,9 +302,36 @@ class Worker:
                 conn.close()
 
     def _begin_stop(self) -> None:
-        if self.stop_at is None:
-            self.stop_at = time.monotonic() + self.cfg.graceful_timeout
-            self.site.closing = True
+        """Retire: stop accepting at once, finish what we hold, then leave."""
+        if self.stop_at is not None:
+            return
+        self.stop_at = time.monotonic() + self.cfg.graceful_timeout
+        self.site.closing = True
+        self._sync_accept()
+        if not self.parked:
+            self._take_queued()
+        for listener in self.listeners.values():
+            listener.sock.close()
+        self.listeners = {}
+
+    def _park(self) -> None:
+        """WINCH: like a retirement (stop accepting, answer with Connection: close, take
+        what was queued for us), but the worker stays, app loaded, until HUP or TERM."""
+        self.parked = True
+        self.park_told = False
+        self.site.closing = True
+        self._sync_accept()
+        taken = self._take_queued()
+        self.log.info("parked: not accepting; finishing %d connection(s) (%d just taken from "
+                      "the queue)", len(self.conns), taken)
+
+    def _resume(self) -> None:
+        """HUP: accept on the shared listeners again."""
+        self.parked = False
+        self.park_told = True
+        self.site.closing = self.cfg.keepalive <= 0
+        self._sync_accept()
+        self.log.info("resumed: accepting again")
 
     def _sweep(self, now: float) -> None:
         """Close parked connections idle past their limit."""
@@ -274,35 +347,45 @@ class Worker:
 
     # -- accepting --------------------------------------------------------------------
 
-    def _accept_on(self) -> None:
-        if not self.accepting and self.stop_at is None:
-            for fd in self.listeners:
-                self.epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            self.accepting = True
+    def _sync_accept(self) -> None:
+        """Register exactly the listeners we should accept on now, and no others.
 
-    def _accept_off(self) -> None:
-        if self.accepting:
-            for fd in self.listeners:
-                self.epoll.unregister(fd)
-            self.accepting = False
+        None once stopping or while every thread is busy (other workers take the new
+        connections); the probe only while parked.
+        """
+        want: set[int] = set()
+        if self.stop_at is None and self.busy < self.cfg.threads:
+            if not self.parked:
+                want.update(self.shared)
+            if self.probe is not None:
+                want.add(self.probe.fd)
+        for fd in self.in_epoll - want:
+            self.epoll.unregister(fd)
+        for fd in want - self.in_epoll:
+            self.epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        self.in_epoll = want
 
-    def _accept_off_for_good(self) -> None:
-        """Stop accepting, but first take what may have been woken for us alone.
+    def _take_queued(self) -> int:
+        """After leaving epoll, take the connections already queued on the shared listeners,
+        at most TAKE_QUEUED each, without serving any of them here.
 
         With EPOLLEXCLUSIVE a new connection wakes one worker only; if that worker is
-        this one, retiring without accepting would strand the connection in the queue
-        until the next arrival wakes someone else. So: leave epoll, then accept what
-        is pending (it is answered with Connection: close), then close our copies.
+        this one, leaving without accepting could strand it in the queue until the next
+        arrival wakes someone else. The count is bounded and nothing is served inline, so
+        a steady stream of new connections cannot keep a retiring worker accepting: the
+        next arrival wakes a worker that still accepts.
         """
-        self._accept_off()
-        for listener in self.listeners.values():
-            while self._accept(listener):
-                pass
-        for listener in self.listeners.values():
-            listener.sock.close()
-        self.listeners = {}
+        taken = 0
+        for fd, listener in self.shared.items():
+            if fd not in self.listeners:
+                continue
+            for _ in range(TAKE_QUEUED):
+                if not self._accept(listener, serve=False):
+                    break
+                taken += 1
+        return taken
 
-    def _accept(self, listener: Listener) -> bool:
+    def _accept(self, listener: Listener, serve: bool = True) -> bool:
         try:
             fd, addr = listener.sock._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -318,7 +401,8 @@ class Worker:
         if self.pool is None:
             self.epoll.register(conn.fd, select.EPOLLIN)
             conn.registered = True
-            self._readable(conn)  # the request usually arrived with the connection
+            if serve:
+                self._readable(conn)  # the request usually arrived with the connection
         else:
             # Straight to a thread: waiting for epoll to report the first request costs a
             # round trip. It enters epoll only when a thread hands it back; registering it
@@ -339,7 +423,7 @@ class Worker:
         conn.busy = True
         self.busy += 1
         if self.busy >= self.cfg.threads:
-            self._accept_off()
+            self._sync_accept()
         self.pool.submit(self._serve_threaded, conn)
 
     def _serve_threaded(self, conn: Connection) -> None:
@@ -367,7 +451,7 @@ class Worker:
                 self._forget(conn)
                 conn.close()
         if self.busy < self.cfg.threads:
-            self._accept_on()
+            self._sync_accept()
 
     def _serve(self, conn: Connection) -> bool:
         """Read what is there and answer every complete request, in order."""
@@ -439,6 +523,11 @@ def _io_timeout(timeout: float) -> float:
     """Socket I/O gives up before the master's heartbeat timeout does, so a stalled client
     costs one request, not the whole (inline) worker."""
     return max(0.5, timeout * 0.75)
+
+
+def _one_line(text: str) -> bytes:
+    """A reason for the status pipe: one line, since a newline ends the `E` message."""
+    return " ".join(text.split()).encode("utf-8", "replace")
 
 
 def _term_when_parent_dies() -> None:

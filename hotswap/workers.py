@@ -1,8 +1,9 @@
 """The master's view of its workers: forking them and reading what they say.
 
 Each worker gets its own pipe back to the master. What comes through it (booted,
-heartbeat, boot error, retiring) is everything the master knows about a worker besides its exit
-status, which keeps the protocol tiny and the master free of shared memory or files.
+heartbeat, boot error, retiring, parked and empty) is everything the master knows about
+a worker besides its exit status, which keeps the protocol tiny and the master free of
+shared memory or files.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ class WorkerHandle:
     booted: bool = False
     boot_error: str = ""
     retiring_since: float | None = None  # set when sent TERM
+    parked_since: float | None = None  # set when sent WINCH (park), cleared on resume
+    parked_empty: bool = False  # the worker said `P`: parked and holding no connection
     killed: bool = False
     _partial: bytes = b""
 
     def feed(self, data: bytes, now: float) -> None:
         """Digest bytes from the status pipe: `B` booted, `.` alive, `E...\\n` boot error,
-        `R` retiring by itself (counted out of the pool, so it is replaced now)."""
+        `R` retiring by itself (counted out of the pool, so it is replaced now), `P`
+        parked and holding nothing."""
         self.last_seen = now
         data = self._partial + data
         self._partial = b""
@@ -48,7 +52,18 @@ class WorkerHandle:
                 self.booted = True
             elif data[:1] == b"R" and self.retiring_since is None:
                 self.retiring_since = now
+            elif data[:1] == b"P":
+                self.parked_empty = True
             data = data[1:]
+
+
+    def parked(self, now: float) -> None:
+        self.parked_since = now
+        self.parked_empty = False
+
+    def resumed(self) -> None:
+        self.parked_since = None
+        self.parked_empty = False
 
 
 def fork_worker(spec_for: Callable[[int], worker_mod.WorkerSpec], epoch: int,

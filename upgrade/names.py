@@ -15,6 +15,7 @@ ENV_READY_FD = "HOTSWAP_READY_FD"
 ENV_GENERATION = "HOTSWAP_GENERATION"
 ENV_FOREIGN_FDS = "HOTSWAP_FOREIGN_FDS"  # sockets made by someone else: never unlinked
 ENV_KEEPER_FD = "HOTSWAP_KEEPER_FD"  # write end to the keeper: "MASTER <pid>\n" (see hotswap.keeper)
+ENV_HEALTH_URL = "HOTSWAP_HEALTH_URL"  # `hotswap upgrade --health-url`, for this upgrade only
 
 # -- the readiness pipe (new master -> old master), one line per message --------------
 READY = "READY"  # "READY <pid>": booted, healthy, serving
@@ -25,6 +26,7 @@ SUFFIX_OLDBIN = ".oldbin"  # names the old master while an upgrade runs
 SUFFIX_FAILED = ".upgrade-failed"  # "<pid> <unix time> <reason>" of the last failure
 SUFFIX_STATE = ".upgrade"  # the running (or last) upgrade's state, one line, see below
 SUFFIX_HISTORY = ".history"  # one JSON object per finished upgrade, appended
+SUFFIX_REQUEST = ".upgrade-request"  # JSON options a client leaves for the next USR2
 
 # -- process titles -------------------------------------------------------------------
 TITLE_MASTER = "hotswap: master"

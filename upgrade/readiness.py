@@ -54,8 +54,8 @@ def fold_line(text: str, limit: int = MAX_REASON) -> str:
     return folded or "unknown reason"
 
 
-def _send_line(fd: int, line: str) -> None:
-    """Write one line and close, shrugging off a reader that is already gone.
+def _send_line(fd: int, line: str, close: bool = True) -> bool:
+    """Write one line (and close), shrugging off a reader that is already gone; False then.
 
     EPIPE means the old master exited (nobody left to tell), EBADF means the
     fd was never ours or already closed; neither may crash a master that is
@@ -66,21 +66,28 @@ def _send_line(fd: int, line: str) -> None:
         while data:
             written = os.write(fd, data)
             data = data[written:]
+        return True
     except BrokenPipeError:
-        pass
+        return False
     except OSError as exc:
         if exc.errno != errno.EBADF:
             raise
+        return False
     finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        if close:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
-def announce_ready(fd: int, pid: int) -> None:
-    """Tell the old master we serve; it may now retire its workers."""
-    _send_line(fd, f"READY {int(pid)}\n")
+def announce_ready(fd: int, pid: int, keep_open: bool = False) -> bool:
+    """Tell the old master we serve; it may now retire its workers.
+
+    `keep_open` keeps the channel for the watch window: a later FAILED line then asks
+    the old master to roll back. False when the old master is already gone.
+    """
+    return _send_line(fd, f"READY {int(pid)}\n", close=not keep_open)
 
 
 def announce_failure(fd: int, reason: str) -> None:
@@ -180,11 +187,19 @@ class ReadinessReader:
         self._outcome = self._drain()
         return self._outcome
 
+    def read_next(self) -> Outcome | None:
+        """After READY: the next message (a FAILED asking for a rollback, or EOF), else None."""
+        if self._closed:
+            raise ValueError("ReadinessReader is closed")
+        return self._drain()
+
     def _drain(self) -> Outcome | None:
         while True:
             newline = self._buffer.find(b"\n")
             if newline >= 0:
-                return _parse_line(bytes(self._buffer[:newline]))
+                line = bytes(self._buffer[:newline])
+                del self._buffer[: newline + 1]
+                return _parse_line(line)
             if len(self._buffer) > MAX_LINE:
                 return Outcome("failed", reason="bad readiness message: line too long")
             try:

@@ -392,12 +392,15 @@ def test_daemon_detaches_serves_and_stops(tmp_path: Path) -> None:
         assert os.getsid(daemon_pid) != os.getsid(0), "the daemon must have left our session"
         assert get(f"http://127.0.0.1:{port}/").status_code == 200
 
-        # Daemonized, WINCH is honoured: workers retire and are not replaced; HUP brings them back.
+        # Daemonized, WINCH is honoured: workers are parked (alive, serving nobody) and not
+        # replaced; HUP brings them back.
         os.kill(daemon_pid, signal.SIGWINCH)
-        wait_for(lambda: not workers_of(daemon_pid), 10, what="WINCH to retire the workers")
+        wait_for(lambda: "WINCH: parking all workers" in errors.read_text(), 10,
+                 what="WINCH to park the workers")
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.get(f"http://127.0.0.1:{port}/", timeout=1.0)
+        assert workers_of(daemon_pid) == workers, "parked workers are kept, not replaced"
         os.kill(daemon_pid, signal.SIGHUP)
-        wait_for(lambda: len(workers_of(daemon_pid)) == 1, 10, what="HUP to bring a worker back")
-        workers = workers + workers_of(daemon_pid)
         wait_for(lambda: get(f"http://127.0.0.1:{port}/").status_code == 200, 10,
                  what="the daemon to serve again")
 

@@ -129,7 +129,8 @@ def test_upgrades_under_load_drop_no_request(masters, tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     write_app(tmp_path, "app", app_source("v1"))
     m = masters("app:app", "--bind", f"127.0.0.1:{port}", "--bind", f"unix:{sock}",
-                "--workers", "2", "--threads", "4", "--keepalive", "5", cwd=tmp_path)
+                "--workers", "2", "--threads", "4", "--keepalive", "5",
+                "--watch-window", "0.5", cwd=tmp_path)
     assert m.pidfile is not None
     load = LoadGenerator(base, sock, standard_clients())
     upgrades: list[dict] = []

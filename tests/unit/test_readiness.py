@@ -305,3 +305,22 @@ def test_reader_close_is_idempotent_and_closes_the_fd(fds: Fds) -> None:
     assert not is_open(r)
     with pytest.raises(ValueError):
         reader.fileno()
+
+
+def test_reader_follows_the_channel_after_ready() -> None:
+    """After READY the new master keeps the pipe for the watch window: a later FAILED
+    line asks for a rollback, and EOF only says it closed."""
+    from upgrade.readiness import ReadinessReader, announce_failure, announce_ready
+
+    read_fd, write_fd = os.pipe()
+    reader = ReadinessReader(read_fd)
+    assert announce_ready(write_fd, 1234, keep_open=True)
+    first = reader.read()
+    assert first is not None and (first.kind, first.pid) == ("ready", 1234)
+    assert reader.read_next() is None
+    announce_failure(write_fd, "new workers keep crashing")
+    later = reader.read_next()
+    assert later is not None and (later.kind, later.reason) == ("failed", "new workers keep crashing")
+    eof = reader.read_next()
+    assert eof is not None and eof.kind == "eof"
+    reader.close()
