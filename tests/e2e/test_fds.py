@@ -55,7 +55,8 @@ def test_shell_fd_does_not_cross_upgrades(masters, tmp_path: Path) -> None:
                               str(m.pidfile), "--timeout", "30"], env=python_env(),
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{m.log()[-3000:]}"
-        assert old is not None and not procs.is_alive(old)
+        assert old is not None
+        wait_for(lambda old=old: not procs.is_alive(old), what=f"old master {old} to exit")
     current = m.current_pid()
     assert current is not None and current != m.pid
     family = group_members(m.pgid)
