@@ -103,3 +103,24 @@ def test_daemon_with_relative_paths_and_chdir(daemons: Daemons, tmp_path: Path) 
     assert "ready:" in (tmp_path / "logs" / "err.log").read_text()
     wait_for(lambda: "GET / HTTP/1.1" in (tmp_path / "logs" / "access.log").read_text(),
              what="the access log line")
+
+
+@pytest.mark.timeout(60)
+def test_relative_config_is_found_again_at_hup(masters, tmp_path: Path) -> None:
+    """`--config hotswap.toml --chdir sub`: HUP re-reads the same file (it used to look
+    in sub/ and keep the old configuration, while `hotswap reload` said "sent HUP")."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    write_app(sub, "app", APP)
+    config = tmp_path / "hotswap.toml"
+    config.write_text(f'app = "app:app"\nbind = ["127.0.0.1:{free_port()}"]\nworkers = 1\n')
+    m = masters("--config", "hotswap.toml", "--chdir", "sub", cwd=tmp_path)
+    assert len(m.workers()) == 1
+    config.write_text(config.read_text().replace("workers = 1", "workers = 3"))
+    assert m.pidfile is not None
+    run = subprocess.run([sys.executable, "-m", "hotswap", "reload", "--pidfile", str(m.pidfile)],
+                         env=python_env(), capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    wait_for(lambda: "HUP: reload complete" in m.log(), what=f"the reload; log:\n{m.log()}")
+    assert "keeping the running configuration" not in m.log()
+    wait_for(lambda: len(m.workers()) == 3, what="3 workers from the re-read config")
