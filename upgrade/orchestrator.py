@@ -112,11 +112,21 @@ def _follow(path: str, m1: int, before_id: str | None, timeout: float, interval:
                 seen_state = rec.state
                 step(_describe(rec))
             if rec.final:
+                if rec.state == names.STATE_COMMITTED:
+                    _wait_gone(m1, min(5.0, max(0.0, deadline - time.monotonic())), interval)
                 return UpgradeReport(rec)
         elif not procs.is_alive(m1):
             return UpgradeReport(None, f"master {m1} exited before it reported the upgrade")
         if time.monotonic() >= deadline:
             return _timed_out(rec if rec is not None and rec.id != before_id else None, timeout)
+        time.sleep(interval)
+
+
+def _wait_gone(pid: int, timeout: float, interval: float) -> None:
+    """The old master writes `committed` on its way out: returning only once it is gone
+    lets the next upgrade start at once (the new master refuses USR2 while it lives)."""
+    deadline = time.monotonic() + timeout
+    while procs.is_alive(pid) and time.monotonic() < deadline:
         time.sleep(interval)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from . import names
 
+_last_ms = 0  # the newest record id's milliseconds: ids never repeat within a master
 HISTORY_MAX_BYTES = 256 * 1024  # past this, the older half of the history is dropped
 _RESULTS = {
     names.STATE_COMMITTED: "upgraded",
@@ -49,7 +50,11 @@ class UpgradeRecord:
 
     @classmethod
     def begin(cls, old_pid: int) -> UpgradeRecord:
-        return cls(id=f"{old_pid}.{time.time_ns() // 1_000_000}", old=old_pid)
+        """A new record whose id differs from every earlier one of this master, so a client
+        can tell its own upgrade (or refusal) from the one before."""
+        global _last_ms
+        _last_ms = max(time.time_ns() // 1_000_000, _last_ms + 1)
+        return cls(id=f"{old_pid}.{_last_ms}", old=old_pid)
 
     @property
     def final(self) -> bool:

@@ -68,8 +68,9 @@ def app(environ, start_response):
         open("inflight-%d-%d" % (os.getpid(), time.time_ns()), "w").close()
     if path.startswith("/slow/"):
         time.sleep(float(path[len("/slow/"):]))
-    if path == "/healthz":  # a prelude may set HEALTH = "503 Service Unavailable"
-        start_response(globals().get("HEALTH", "200 OK"), [("Content-Length", "0")])
+    if path == "/healthz":  # a prelude may set HEALTH = "503 ..." (or a function giving it)
+        health = globals().get("HEALTH", "200 OK")
+        start_response(health() if callable(health) else health, [("Content-Length", "0")])
         return [b""]
     body = json.dumps({{
         "version": VERSION,

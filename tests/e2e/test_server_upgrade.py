@@ -195,6 +195,26 @@ def test_workers_crashing_after_boot_roll_back_in_the_watch_window(
     wait_for(lambda: len(workers_of(m.pid)) == 2, what="2 old workers serving again")
 
 
+@pytest.mark.timeout(60)
+def test_health_url_failing_in_the_watch_window_rolls_back(served) -> None:
+    rig = served("--health-url", "http://localhost/healthz", "--watch-window", "60")
+    old = rig.pid
+    rig.new_app("v2", "import os\nHEALTH = lambda: '503 Service Unavailable' "
+                      "if os.path.exists('unhealthy') else '200 OK'")
+    os.kill(old, signal.SIGUSR2)
+    rec = wait_state(rig.pidfile, old, names.STATE_WATCHING)
+    assert served_versions(rig) == {(rec.new, "v2")}
+    (rig.tmp / "unhealthy").touch()  # v2 turns unhealthy after it went live
+    rec = wait_final(rig.pidfile, old)
+    assert rec.state == names.STATE_ROLLED_BACK, rec.line()
+    assert "health check http://localhost/healthz answered 503" in rec.reason, rec.reason
+    wait_for(lambda: not procs.is_alive(rec.new), what="the new master to drain and exit")
+    wait_for(lambda: rig.m.current_pid() == old, what="PIDFILE to name the old master again")
+    assert served_versions(rig) == {(old, "v1")}
+    rig.assert_old_generation_intact()
+    rig.finish()
+
+
 # -- interrupted clients ---------------------------------------------------------------------
 
 

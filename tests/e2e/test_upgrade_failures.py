@@ -166,6 +166,11 @@ def test_second_usr2_is_refused_in_both_generations(served) -> None:
     assert [c for c in procs.children(old) if c not in workers_of(old)] == [new]
     refused = record.read_state(str(rig.pidfile))
     assert refused is not None and refused.state == names.STATE_REFUSED
+    # A client asking now is told at once, with the master's own reason.
+    run = run_upgrade_tool("cli", rig.pidfile)
+    assert run.returncode == 1, run.explain()
+    assert run.report is not None and run.report["outcome"] == "refused", run.explain()
+    assert run.line == "" or "upgrade refused: an upgrade is already running" in run.stdout
     # (b) the new master, ready, while its parent has not exited
     rig.m.wait_ready(pid=new)
     rig.m.signal(signal.SIGUSR2, pid=new)
