@@ -24,6 +24,7 @@ import os
 import select
 import signal
 import sys
+import traceback
 from collections.abc import Callable, MutableMapping
 
 from pidfiles import procs
@@ -73,12 +74,6 @@ def announce_master(pid: int) -> None:
         pass
 
 
-def keeper_fd(environ: MutableMapping[str, str]) -> int | None:
-    """The keeper fd a master must hand to its next generation, if it has one."""
-    raw = environ.get(ENV_KEEPER_FD, "")
-    return int(raw) if raw.isdigit() else None
-
-
 def run(serve: Callable[[], int], name: str | None = None) -> int:
     """Fork the first master (which runs `serve`), then keep; returns the service's status."""
     _become_subreaper()
@@ -109,6 +104,8 @@ def _run_master(serve: Callable[[], int], read_fd: int, write_fd: int, keeper: K
         code = serve()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # a bug of ours: show it, as it would show without a keeper
+        traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
