@@ -80,7 +80,7 @@ def test_foreground_rotation_with_relative_paths_and_chdir(masters, tmp_path: Pa
     wait_for(lambda: all(_points_to(w, access) for w in workers),
              what="every worker to reopen the access log")
     _get(port, 6)
-    assert access.read_text().count("GET / HTTP/1.1") == 6
+    _wait_access_lines(access, 6)
     assert "internal error" not in err.read_text() + m.log()
     assert (tmp_path / "logs" / "err.log.1").exists()
 
@@ -107,7 +107,7 @@ def test_daemon_rotation_moves_stdout_and_stderr(daemons: Daemons, tmp_path: Pat
     assert "USR1: log files reopened" in text  # the master's logger
     assert text.count("app-stderr") == 6 and text.count("app-stdout") == 6  # workers' fds 1, 2
     assert text.count("wsgi-errors") == 6
-    assert access.read_text().count("GET / HTTP/1.1") == 6
+    _wait_access_lines(access, 6)
     old = (tmp_path / "logs" / "err.log.1").read_text()
     assert old.count("app-stderr") == 2  # nothing more went to the rotated file
 
@@ -146,6 +146,12 @@ def test_usr1_storm_while_workers_are_forked_kills_none(masters, tmp_path: Path)
     assert "SIGUSR1" not in log
     assert m.proc.poll() is None
     _get(port, 2)
+
+
+def _wait_access_lines(path: Path, count: int) -> None:
+    """A worker writes its access line after the response is sent: wait for it."""
+    wait_for(lambda: _read(path).count("GET / HTTP/1.1") >= count, what=f"{count} access lines")
+    assert _read(path).count("GET / HTTP/1.1") == count
 
 
 def _reloads(path: Path) -> int:
