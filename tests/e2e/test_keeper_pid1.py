@@ -61,15 +61,22 @@ def ns_init(unshare_pid: int) -> int:
                     what="unshare to fork the namespace's init")
 
 
-def wait_upgraded(init: int, old_master: int, version: str, base: str) -> int:
+def ns_masters(init: int) -> list[int]:
+    """hotswap masters in the namespace: below PID 1, or PID 1 itself without a keeper."""
+    return [pid for pid in [init, *masters_below(init)]
+            if (procs.cmdline(pid) or "").startswith("hotswap: master")]
+
+
+def wait_upgraded(init: int, old_master: int, version: str, base: str, m: Master) -> int:
     """Until the upgrade is complete: one master left (not the old one), new code served."""
     def done() -> int | None:
-        masters = masters_below(init)
+        masters = ns_masters(init)
         if len(masters) == 1 and masters[0] != old_master and fetch(base)["version"] == version:
             return masters[0]
         return None
     return wait_for(done, timeout=30, interval=0.05,
-                    what=f"the upgrade to {version} to complete with one master")
+                    what=f"the upgrade to {version} to complete with one master; "
+                         f"log:\n{m.log()[-2000:]}")
 
 
 @pytest.mark.timeout(120)
@@ -82,7 +89,7 @@ def test_pid1_upgrades_by_usr2_and_exec_under_load(masters, tmp_path: Path) -> N
     m: Master = masters(*args, ready=False, cwd=tmp_path,
                         prefix=["unshare", "--pid", "--fork", "--mount-proc"])
     init = ns_init(m.pid)
-    wait_for(lambda: len(masters_below(init)) == 1 and fetch(base)["version"] == "v1",
+    wait_for(lambda: len(ns_masters(init)) == 1 and fetch(base)["version"] == "v1",
              timeout=15, what=f"the first master to serve; log:\n{m.log()}")
     clients = [c for c in standard_clients() if c.transport == "tcp"]
     load = LoadGenerator(base, None, clients)
@@ -90,7 +97,7 @@ def test_pid1_upgrades_by_usr2_and_exec_under_load(masters, tmp_path: Path) -> N
     with load:
         wait_for(lambda: len(load.records) > 20, what="load to run")
         for number, how in enumerate(["usr2", "usr2", "exec", "exec"], start=2):
-            old = masters_below(init)[0]
+            old = ns_masters(init)[0]
             version = f"v{number}"
             write_app(tmp_path, "myapp", app_source(version))
             if how == "usr2":
@@ -101,7 +108,7 @@ def test_pid1_upgrades_by_usr2_and_exec_under_load(masters, tmp_path: Path) -> N
                      "upgrade", "--pidfile", str(pidfile), "--timeout", "30"],
                     env=python_env(), capture_output=True, text=True, timeout=60)
                 assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{m.log()[-3000:]}"
-            new = wait_upgraded(init, old, version, base)
+            new = wait_upgraded(init, old, version, base, m)
             seen_masters.append(new)
             assert procs.is_alive(init) and m.proc.poll() is None, "PID 1 exited"
             assert procs.children(m.pid) == [init], "PID 1 was replaced"

@@ -123,15 +123,14 @@ def test_supervisord_upgrades_keep_one_program_pid(tmp_path: Path) -> None:
     try:
         keeper = wait_for(lambda: "RUNNING" in sup.status() and sup.pid(), timeout=20,
                           what=f"myapp RUNNING; supervisord log:\n{sup.log()}")
-        wait_for(lambda: len(masters_below(keeper)) == 1 and _version(base) == "v1", timeout=15,
-                 what="the first master to serve")
+        wait_for(lambda: _version(base) == "v1", timeout=15, what="the first master to serve")
         clients = [c for c in standard_clients() if c.transport == "tcp"]
         load = LoadGenerator(base, None, clients)
         seen = []
         with load:
             wait_for(lambda: len(load.records) > 20, what="load to run")
             for number, how in enumerate(["signal", "signal", "upgrade"], start=2):
-                old = masters_below(keeper)[0]
+                old = int(pidfile.read_text())
                 version = f"v{number}"
                 write_app(tmp_path, "myapp", app_source(version))
                 if how == "signal":
@@ -142,8 +141,10 @@ def test_supervisord_upgrades_keep_one_program_pid(tmp_path: Path) -> None:
                                           str(pidfile), "--timeout", "30"], env=python_env(),
                                          capture_output=True, text=True, timeout=60)
                     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{_tail(app_log)}"
-                seen.append(_wait_upgraded(keeper, old, version, base, app_log))
-                assert sup.pid() == keeper
+                seen.append(_wait_upgraded(pidfile, old, version, base, app_log))
+                assert sup.pid() == keeper, f"program pid changed; supervisord log:\n{sup.log()}"
+                assert "exited: myapp" not in sup.log(), sup.log()
+                assert masters_below(keeper) == [seen[-1]]
                 moment = time.monotonic()
                 wait_for(lambda t=moment: load.finished_since(t) >= 10,
                          what="requests after the upgrade")
@@ -173,11 +174,15 @@ def _version(base: str) -> str | None:
         return None
 
 
-def _wait_upgraded(keeper: int, old: int, version: str, base: str, app_log: Path) -> int:
+def _wait_upgraded(pidfile: Path, old: int, version: str, base: str, app_log: Path) -> int:
+    """Until PIDFILE names a new master, the old one is gone and the new code serves."""
     def done() -> int | None:
-        masters = masters_below(keeper)
-        if len(masters) == 1 and masters[0] != old and _version(base) == version:
-            return masters[0]
+        try:
+            new = int(pidfile.read_text())
+        except (OSError, ValueError):
+            return None
+        if new != old and not procs.is_alive(old) and _version(base) == version:
+            return new
         return None
     return wait_for(done, timeout=30, interval=0.05,
                     what=f"the upgrade to {version} to complete; log:\n{_tail(app_log)}")
