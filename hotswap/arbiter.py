@@ -146,6 +146,8 @@ class Arbiter:
             timeout = min(timeout, self.next_spawn - time.monotonic())
         if self.health is not None and self.health.running is None and not self.stopping:
             timeout = min(timeout, self.health.next_at - time.monotonic())
+        if self.upgrade is not None and self.upgrade.phase == "watching":
+            timeout = min(timeout, self.upgrade.watch_until - time.monotonic())
         self._watch_probe_fd()
         for key, _ in self.selector.select(max(0.0, timeout)):
             if key.data == "upgrade":

@@ -36,10 +36,13 @@ from servers import (
     Server,
 )
 
+# watch_window: hotswap's --watch-window (s) in every section but the soak, which runs 200
+# upgrades back to back and so gets a shorter one (soak_watch_window): each upgrade waits
+# out its window before the next can start, and the bench should stay about as long.
 FULL = {"rounds": 5, "duration": 5.0, "connections": 16, "wrk_threads": 1, "workers": 2,
         "upgrades": 20, "block": 5, "gap": 0.6, "load_threads": 4, "load_interval": 0.005,
-        "soak_upgrades": 200, "soak_every": 20, "soak_threads": 2, "soak_interval": 0.02,
-        "soak_gap": 0.1}
+        "watch_window": 1.0, "soak_upgrades": 200, "soak_every": 20, "soak_threads": 2,
+        "soak_interval": 0.02, "soak_gap": 0.1, "soak_watch_window": 0.2}
 QUICK = FULL | {"rounds": 1, "duration": 2.0, "upgrades": 3, "block": 3, "gap": 0.4,
                 "soak_upgrades": 10, "soak_every": 5}
 SECTIONS = ("throughput", "memory", "continuity", "soak")
@@ -96,7 +99,7 @@ def check_tools() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="a smoke run, under 3 minutes")
+    ap.add_argument("--quick", action="store_true", help="a smoke run, about 3 minutes")
     ap.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "bench-results"), help="folder for the .md and .json")
     ap.add_argument("--docs", action="store_true", help=f"replace the results block of {DOCS.name}")
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             _continuity(res, params, work)
         if "soak" in sections:
             res["soak"] = soak.run(work / "soak", params["soak_upgrades"], params["soak_every"],
-                                   params["soak_threads"], params["soak_interval"], params["soak_gap"], log)
+                                   params["soak_threads"], params["soak_interval"], params["soak_gap"], log,
+                                   params["soak_watch_window"])
     finally:
         res["elapsed_s"] = time.monotonic() - started
         if not args.keep:
@@ -150,7 +154,8 @@ def _throughput_and_memory(res: dict, params: dict, sections: list[str], work: P
     servers: dict[str, Server] = {}
     try:
         for flavor in flavors:
-            servers[flavor.key] = Server(flavor, work / flavor.key, params["workers"])
+            servers[flavor.key] = Server(flavor, work / flavor.key, params["workers"],
+                                         watch_window=params["watch_window"])
             servers[flavor.key].start()
             log(f"started {flavor.label} on {servers[flavor.key].url()}")
         python_servers = {k: s for k, s in servers.items() if k != NGINX.key}
@@ -170,7 +175,8 @@ def _throughput_and_memory(res: dict, params: dict, sections: list[str], work: P
 
 
 def _continuity(res: dict, params: dict, work: Path) -> None:
-    servers = [Server(HOTSWAP_T2, work / "cont-hotswap", params["workers"], tcp=True, unix=True),
+    servers = [Server(HOTSWAP_T2, work / "cont-hotswap", params["workers"], tcp=True, unix=True,
+                      watch_window=params["watch_window"]),
                Server(GUNICORN_GTHREAD, work / "cont-gunicorn", params["workers"], tcp=True, unix=True)]
     try:
         for server in servers:

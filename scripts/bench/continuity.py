@@ -3,8 +3,11 @@
 For every mode (keep-alive on/off x TCP/unix) the upgrades run in blocks, hotswap and
 gunicorn alternating (A B A B ...), each block under its own load-generator process.
 A request counts as *inside* an upgrade when its lifetime overlaps a window from USR2
-to the old master's exit; every other request is *outside*, the baseline it is
-compared with.
+to the handover (the old generation no longer serves); every other request is *outside*,
+the baseline it is compared with. The window until commit (USR2 to the old master's exit,
+after hotswap's watch window) is measured beside it: *to commit* is every request
+overlapping it, *watch* those overlapping only its part after the handover. gunicorn has
+no watch window, so for it both windows are the same.
 """
 
 from __future__ import annotations
@@ -83,16 +86,20 @@ class Tally:
         self.upgrades: list[UpgradeResult] = []
         self.boot: list[float] = []
         self.drain: list[float] = []
+        self.to_commit: list[float] = []
+        self.watch: list[float] = []
+        self.failures_to_commit = 0
 
     def add(self, rows: dict[str, list], upgrades: list[UpgradeResult]) -> None:
         windows = [(u.started, u.ended) for u in upgrades]
+        commits = [(u.started, u.commit_end) for u in upgrades]
         self.upgrades.extend(upgrades)
         self.requests += len(rows["kind"])
         for start, lat, kind in zip(rows["start"], rows["latency"], rows["kind"], strict=True):
             if kind != "ok":
                 self.failures[kind] += 1
-                if any(start <= b and start + lat >= a for a, b in windows):
-                    self.failures_inside += 1
+                self.failures_inside += _overlaps(start, lat, windows)
+                self.failures_to_commit += _overlaps(start, lat, commits)
         ok = {k: [v for v, kind in zip(rows[k], rows["kind"], strict=True) if kind == "ok"]
               for k in ("start", "latency")}
         inside, outside = split_by_windows(ok, windows)
@@ -104,6 +111,9 @@ class Tally:
         drains = [(u.started + u.ready_s, u.ended) for u in upgrades if u.ready_s is not None]
         self.boot += split_by_windows(ok, boots)[0]
         self.drain += split_by_windows(ok, drains)[0]
+        self.to_commit += split_by_windows(ok, commits)[0]
+        watches = [(u.ended, u.commit_end) for u in upgrades if u.commit_end > u.ended]
+        self.watch += split_by_windows(ok, watches)[0]
 
     def summary(self) -> dict:
         good = [u for u in self.upgrades if u.ok]
@@ -113,6 +123,7 @@ class Tally:
             "failed": sum(self.failures.values()),
             "failures": dict(self.failures),
             "failed_inside_windows": self.failures_inside,
+            "failed_to_commit": self.failures_to_commit,
             "upgrades": len(self.upgrades),
             "upgrades_ok": len(good),
             "upgrade_failures": [u.reason for u in self.upgrades if not u.ok],
@@ -121,11 +132,19 @@ class Tally:
             "p99_ratio": (p99_in / p99_out) if p99_in and p99_out else None,
             "boot": _lat(self.boot),
             "drain": _lat(self.drain),
+            "to_commit": _lat(self.to_commit),
+            "watch": _lat(self.watch),
             "ready_median": median([u.ready_s for u in good]),
             "ready_max": max((u.ready_s for u in good if u.ready_s is not None), default=None),
             "handover_median": median([u.handover_s for u in good]),
             "handover_max": max((u.handover_s for u in good if u.handover_s is not None), default=None),
+            "commit_median": median([u.commit_s for u in good]),
+            "commit_max": max((u.commit_s for u in good if u.commit_s is not None), default=None),
         }
+
+
+def _overlaps(start: float, latency: float, windows: list[tuple[float, float]]) -> bool:
+    return any(start <= b and start + latency >= a for a, b in windows)
 
 
 def _lat(values: list[float]) -> dict:
@@ -156,8 +175,9 @@ def run(servers: list[Server], upgrades: int, block: int, gap: float, threads: i
                                        for u in ups]
                 bad = sum(1 for k in rows["kind"] if k != "ok")
                 log(f"continuity {mode} {server.flavor.key}: {count} upgrade(s), "
-                    f"{len(rows['kind'])} requests, {bad} failed, handovers "
-                    + ", ".join(f"{u.handover_s:.2f}" if u.handover_s else "FAILED" for u in ups))
+                    f"{len(rows['kind'])} requests, {bad} failed, handover/commit s "
+                    + ", ".join(f"{u.handover_s:.2f}/{u.commit_s or 0:.2f}" if u.handover_s
+                                else "FAILED" for u in ups))
             blk += 1
         result["modes"][mode] = {key: t.summary() for key, t in tallies.items()}
     return result

@@ -2,6 +2,11 @@
 
 The targets are the ones of issue 4; they are checked here and printed, never asserted:
 a benchmark that fails a build because a shared 2-core machine was busy would be noise.
+Some lines of the targets table are figures reported beside them with no target (met None).
+
+Two moments end an upgrade: the *handover* (USR2 until the old generation no longer
+serves), which the targets and the inside/outside split use, and the *commit* (USR2 until
+the old master exits, after hotswap's watch window), reported beside it.
 """
 
 from __future__ import annotations
@@ -50,12 +55,18 @@ def judge(res: dict) -> list[dict]:
         fails = {mode: s[HOTSWAP_T2.key]["failed"] for mode, s in cont.items()}
         out.append(_t("0 failed requests through every hotswap upgrade, every mode",
                       ", ".join(f"{m}: {n}" for m, n in fails.items()), all(n == 0 for n in fails.values())))
-        handovers = [u["handover_s"] for u in res["continuity"]["upgrades"]
-                     if u["server"] == HOTSWAP_T2.key and u["ok"] and u["handover_s"] is not None]
+        ours = [u for u in res["continuity"]["upgrades"] if u["server"] == HOTSWAP_T2.key and u["ok"]]
+        handovers = [u["handover_s"] for u in ours if u["handover_s"] is not None]
         med = median(handovers)
-        out.append(_t(f"median handover (USR2 → old master gone) ≤ {HANDOVER_TARGET} s",
+        out.append(_t(f"median handover (USR2 → old generation no longer serves) ≤ {HANDOVER_TARGET} s",
                       f"{secs(med)} s over {len(handovers)} upgrades",
                       med is not None and med <= HANDOVER_TARGET))
+        commits = [u["commit_s"] for u in ours if u.get("commit_s") is not None]
+        if commits:
+            out.append(_t(f"median commit (USR2 → old master exits, after the {_watch(res['params'])} "
+                          "watch window): reported, no target",
+                          f"{secs(median(commits))} s over {len(commits)} upgrades, max "
+                          f"{secs(max(commits))} s", None))
         ratios = {mode: s[HOTSWAP_T2.key]["p99_ratio"] for mode, s in cont.items()}
         out.append(_t(f"p99 inside upgrade windows ≤ {P99_RATIO_TARGET}× p99 outside",
                       ", ".join(f"{m}: {ratio(r)}" for m, r in ratios.items()),
@@ -98,12 +109,23 @@ def judge(res: dict) -> list[dict]:
     return out
 
 
-def _t(name: str, measured: str, met: bool) -> dict:
-    return {"target": name, "measured": measured, "met": bool(met)}
+def _t(name: str, measured: str, met: bool | None) -> dict:
+    """One line of the targets table; met None for a figure reported with no target."""
+    return {"target": name, "measured": measured, "met": None if met is None else bool(met)}
+
+
+def _verdict(met: bool | None) -> str:
+    return "–" if met is None else "met" if met else "**missed**"
+
+
+def _watch(params: dict, key: str = "watch_window") -> str:
+    """hotswap's --watch-window of a run, '–' for results from before the harness set it."""
+    value = params.get(key)
+    return f"{value:g} s" if value is not None else "– s"
 
 
 def _targets(targets: list[dict]) -> str:
-    rows = [f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**missed**'} |" for t in targets]
+    rows = [f"| {t['target']} | {t['measured']} | {_verdict(t['met'])} |" for t in targets]
     return "\n".join(["#### Targets", "", "| target | measured | |", "| --- | --- | --- |", *rows])
 
 
@@ -141,12 +163,13 @@ def _throughput(summary: dict, params: dict) -> str:
 def _continuity(cont: dict, params: dict) -> str:
     head = (f"#### 2. Upgrade continuity ({params['upgrades']} upgrades per server and mode, "
             f"{params['load_threads']} `requests` threads, ≤ {1 / params['load_interval']:.0f} req/s each; "
-            "hotswap --threads 2 vs gunicorn gthread --threads 2, 2 workers)")
+            f"hotswap --threads 2 --watch-window {_watch(params)[:-2]} "
+            "vs gunicorn gthread --threads 2, 2 workers)")
     lines = [head, "",
              "| mode | server | requests | failed (kinds) | inside p50 / p99 / max ms | "
              "outside p50 / p99 / max ms | p99 in/out | p99 boot / drain ms "
-             "| ready med / max s | handover med / max s |",
-             "| --- | --- | ---: | --- | --- | --- | ---: | --- | --- | --- |"]
+             "| to commit p99 / max ms | ready med / max s | handover med / max s | commit med / max s |",
+             "| --- | --- | ---: | --- | --- | --- | ---: | --- | --- | --- | --- | --- |"]
     for mode, per in cont["modes"].items():
         for key, s in per.items():
             kinds = ", ".join(f"{k}: {v}" for k, v in sorted(s["failures"].items()))
@@ -159,9 +182,21 @@ def _continuity(cont: dict, params: dict) -> str:
                 f"| {ms(i['p50'])} / {ms(i['p99'])} / {ms(i['max'])} "
                 f"| {ms(o['p50'])} / {ms(o['p99'])} / {ms(o['max'])} | {ratio(s['p99_ratio'])} "
                 f"| {ms(s.get('boot', {}).get('p99'))} / {ms(s.get('drain', {}).get('p99'))} "
+                f"| {ms(s.get('to_commit', {}).get('p99'))} / {ms(s.get('to_commit', {}).get('max'))} "
                 f"| {secs(s['ready_median'])} / {secs(s['ready_max'])} "
-                f"| {secs(s['handover_median'])} / {secs(s['handover_max'])} |")
+                f"| {secs(s['handover_median'])} / {secs(s['handover_max'])} "
+                f"| {secs(s.get('commit_median'))} / {secs(s.get('commit_max'))} |")
+    lines += ["", WINDOWS_NOTE.format(watch=_watch(params))]
     return "\n".join(lines)
+
+
+WINDOWS_NOTE = (
+    "*inside* is a request overlapping an upgrade window, USR2 until the *handover*: the old "
+    "generation no longer serves (hotswap: its workers are parked and hold no connection; "
+    "gunicorn: its old master is gone and the new one has its workers). *to commit* is a "
+    "request overlapping USR2 until the *commit*, when the old master exits: for hotswap that "
+    "is after its {watch} watch window, during which the parked old workers keep the old code "
+    "for a rollback. gunicorn has no watch window: its commit is its handover.")
 
 
 def _memory(mem: dict) -> str:
@@ -193,11 +228,15 @@ def _soak(soak: dict, params: dict) -> str:
              f"| files in the run folder | {', '.join(s['files'])} | {', '.join(e['files'])} |",
              "",
              f"Upgrades: {soak['upgrades_ok']}/{soak['upgrades']} succeeded, handover median "
-             f"{secs(soak['handover_median'])} s, max {secs(soak['handover_max'])} s. "
+             f"{secs(soak['handover_median'])} s, max {secs(soak['handover_max'])} s; commit median "
+             f"{secs(soak.get('commit_median'))} s, max {secs(soak.get('commit_max'))} s "
+             f"(watch window {_watch(params, 'soak_watch_window')}). "
              f"Requests: {soak['requests']}, failed: {soak['failed']}"
              f"{' (' + str(soak['failures']) + ')' if soak['failures'] else ''}. After the final stop: "
              f"files left {soak['after_stop']['files'] or 'none'}, processes left "
-             f"{soak['after_stop']['processes'] or 'none'}.",
+             f"{soak['after_stop']['processes'] or 'none'}"
+             + (f" (upgrade records kept on purpose: {', '.join(soak['after_stop']['records'])})"
+                if soak["after_stop"].get("records") else "") + ".",
              "",
              "Every " + str(params["soak_every"]) + " upgrades (upgrade: fds / RSS MiB / zombies): "
              + ", ".join(f"{p['upgrade']}: {p['master_fds']} / {_mib(p['master_rss_kb'])} / {p['zombies']}"

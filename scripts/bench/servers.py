@@ -2,8 +2,11 @@
 
 Each server gets its own folder (pidfile, log, unix socket), runs in its own session,
 and is stopped by the pids it wrote. The two upgrade procedures are each server's
-documented one, timed from the same client-side vantage point: from the moment USR2 is
-sent until the old master is gone.
+documented one, timed from the same client-side vantage point. Two moments end an
+upgrade: the *handover* (USR2 until the old generation no longer serves) and the *commit*
+(USR2 until the old master has exited). hotswap keeps its old master, and its parked
+workers with the old code, for a watch window after the handover, so its commit comes
+`--watch-window` seconds later; gunicorn has no watch window: its commit is its handover.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ VENV = Path(os.environ.get("HOTSWAP_BENCH_VENV", str(HERE / ".venv")))
 PYTHON = VENV / "bin" / "python"
 START_TIMEOUT = 30.0
 UPGRADE_TIMEOUT = 30.0
+# hotswap's default watch window is 10 s; the benchmark's upgrades come back to back, so
+# its servers get a short one (bench.py passes its own, written into the results).
+WATCH_WINDOW = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,12 +60,19 @@ class UpgradeResult:
 
     ok: bool
     started: float  # USR2 sent
-    ended: float  # old master gone (or the attempt given up)
+    ended: float  # handover: the old generation no longer serves (or the attempt given up)
     ready_s: float | None
-    handover_s: float | None
+    handover_s: float | None  # USR2 -> the old generation no longer serves
     old_pid: int | None
     new_pid: int | None
     reason: str = ""
+    commit_s: float | None = None  # USR2 -> the old master exits (after hotswap's watch window)
+    committed: float | None = None  # when the harness saw the old master gone
+
+    @property
+    def commit_end(self) -> float:
+        """End of the window until commit; never before the handover's."""
+        return max(self.ended, self.committed if self.committed is not None else self.ended)
 
 
 @dataclass
@@ -70,6 +83,7 @@ class Server:
     tcp: bool = True
     unix: bool = False
     port: int = 0
+    watch_window: float = WATCH_WINDOW  # hotswap only: --watch-window
     proc: subprocess.Popen[bytes] | None = None
     binds: list[str] = field(default_factory=list)
 
@@ -156,7 +170,8 @@ class Server:
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE)])
             cmd = [str(PYTHON), "-m", "hotswap", "start", "apps:app", "--workers", str(self.workers),
                    "--threads", str(self.flavor.threads), "--pidfile", str(self.pidfile),
-                   "--keepalive", "5", "--log-level", "warning"]
+                   "--keepalive", "5", "--log-level", "warning",
+                   "--watch-window", f"{self.watch_window:g}"]
             for bind in self.binds:
                 cmd += ["--bind", bind]
             return cmd, env
@@ -213,46 +228,50 @@ http {{
         raise ValueError(f"{self.flavor.label} is not upgraded in this benchmark")
 
     def _upgrade_hotswap(self) -> UpgradeResult:
-        """`hotswap upgrade`: USR2, ready, WINCH, drain, QUIT, done by the project's own CLI.
+        """`hotswap upgrade`: it sends USR2 and follows the server's record to its final state.
 
-        The window is timed from the CLI's own progress lines, read as they are printed:
-        from "sent USR2" to "old master … gone", so the CLI's start-up and its last checks
-        are not part of it. The durations come from the CLI's JSON report.
+        The handover end is the moment the CLI's "handover done in" line reaches us (the old
+        workers are parked and idle), so the CLI's start-up is not part of the window and its
+        polling only widens it. The CLI returns at the commit; we then wait until the old
+        master is really gone, which ends the window until commit (and lets the next USR2
+        in: a new master refuses one while its parent still watches).
         """
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
         cmd = [str(PYTHON), "-m", "hotswap", "upgrade", "--pidfile", str(self.pidfile), "--json",
-               "--timeout", str(UPGRADE_TIMEOUT)]
+               "--timeout", f"{UPGRADE_TIMEOUT + self.watch_window:g}"]
         began = time.monotonic()
         marks: dict[str, float] = {}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                 cwd=self.folder, text=True)
         assert proc.stderr is not None and proc.stdout is not None
-        for line in proc.stderr:  # ends when the CLI exits; every step has its own deadline
-            if "sent USR2" in line:
-                marks.setdefault("usr2", time.monotonic())
-            elif " gone; handover" in line:
-                marks.setdefault("gone", time.monotonic())
+        for line in proc.stderr:  # ends when the CLI exits; it has its own --timeout
+            for key, text in PROGRESS_MARKS.items():
+                if text in line:
+                    marks.setdefault(key, time.monotonic())
         out = proc.stdout.read()
         try:
             proc.wait(timeout=4 * UPGRADE_TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        ended = time.monotonic()
-        proctree.reap_orphans(set())
+        returned = time.monotonic()
         try:
             report = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            return UpgradeResult(False, began, ended, None, None, None, None,
+            proctree.reap_orphans(set())
+            return UpgradeResult(False, began, returned, None, None, None, None,
                                  f"no JSON from the CLI (exit {proc.returncode})")
-        handover = report.get("handover_seconds")
-        gone = marks.get("gone", ended)
-        # The CLI starts its clock just after USR2 and its line reaches us a little later:
-        # whichever start is earlier covers the whole handover.
-        started = min(marks.get("usr2", began), gone - handover if handover else began)
-        return UpgradeResult(report.get("outcome") == "upgraded", started, gone,
-                             report.get("ready_seconds"), handover, report.get("old_pid"),
-                             report.get("new_pid"), report.get("reason", ""))
+        gone = self._wait_gone(report.get("old_pid")) if report.get("outcome") == "upgraded" else None
+        return hotswap_result(report, marks, began, returned, gone)
+
+    def _wait_gone(self, pid: int | None) -> float | None:
+        """When the old master was seen gone (reaping it if it is ours); None if it stays."""
+        if pid is None:
+            return None
+        gone = proctree.wait_until(lambda: not proctree.alive(pid), UPGRADE_TIMEOUT, 0.01)
+        seen = time.monotonic()
+        proctree.reap_orphans({self.proc.pid} if self.proc else set())
+        return seen if gone else None
 
     def _upgrade_gunicorn(self) -> UpgradeResult:
         """gunicorn's documented dance: USR2, wait for the new master's pidfile, TERM the old one.
@@ -293,8 +312,45 @@ http {{
         proctree.wait_until(lambda: len(self.workers_of(new[0])) >= self.workers, UPGRADE_TIMEOUT, 0.01)
         ended = time.monotonic()
         proctree.reap_orphans({self.proc.pid} if self.proc else set())
+        # No watch window: the old master is gone at the handover, which is also the commit.
         return UpgradeResult(gone, began, ended, ready, handover if gone else None, old, new[0],
-                             "" if gone else "old master did not exit")
+                             "" if gone else "old master did not exit",
+                             commit_s=handover if gone else None, committed=ended)
+
+
+# Progress lines of `hotswap upgrade` (stderr) whose arrival the harness timestamps.
+PROGRESS_MARKS = {"usr2": "sent USR2", "handover": "handover done in"}
+
+
+def hotswap_result(report: dict, marks: dict[str, float], began: float, returned: float,
+                   gone: float | None) -> UpgradeResult:
+    """One `hotswap upgrade --json` report and the harness's own marks, as an UpgradeResult.
+
+    The CLI starts its clock just after USR2 and its lines reach us a little later:
+    whichever start is earlier covers the whole handover. Without a "handover done in" line
+    (the CLI polls, so it can miss the short watching state), the handover ends at
+    start + handover_seconds.
+    """
+    handover = report.get("handover_seconds")
+    commit = report.get("commit_seconds")
+    ok = report.get("outcome") == "upgraded"
+    seen = marks.get("handover")
+    starts = [marks.get("usr2", began)]
+    if seen is not None and handover is not None:
+        starts.append(seen - handover)
+    started = min(starts)
+    if seen is not None:
+        ended = seen
+    elif handover is not None:
+        ended = started + handover
+    else:
+        ended = returned
+    reason = report.get("reason", "") or ("" if ok else report.get("line", ""))
+    if ok and gone is None:
+        ok, reason = False, f"old master {report.get('old_pid')} still alive after the commit"
+    return UpgradeResult(ok, started, ended, report.get("ready_seconds"), handover,
+                         report.get("old_pid"), report.get("new_pid"), reason,
+                         commit_s=commit, committed=gone if gone is not None else returned)
 
 
 def free_port() -> int:

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import proctree
 from continuity import Load
-from servers import HOTSWAP_T2, Server
+from servers import HOTSWAP_T2, WATCH_WINDOW, Server
+from summary import median
+
+from upgrade import names
 
 
 def fd_kinds(pid: int) -> dict[str, int]:
@@ -58,8 +61,9 @@ def state(server: Server, load_pid: int | None) -> dict:
 
 
 def run(folder: Path, upgrades: int, every: int, threads: int, interval: float, gap: float,
-        log: Callable[[str], None]) -> dict:
-    server = Server(HOTSWAP_T2, folder, workers=2, tcp=True, unix=True)
+        log: Callable[[str], None], watch_window: float = WATCH_WINDOW) -> dict:
+    """`upgrades` upgrades, `gap` s apart after each commit; each one waits out `watch_window`."""
+    server = Server(HOTSWAP_T2, folder, workers=2, tcp=True, unix=True, watch_window=watch_window)
     server.start()
     ups = []
     series = []
@@ -91,13 +95,15 @@ def run(folder: Path, upgrades: int, every: int, threads: int, interval: float, 
             load.stop()
         server.stop()
     time.sleep(0.2)
+    records = upgrade_records(server.pidfile)
     after = {
-        "files": sorted(p.name for p in folder.iterdir() if p.name not in ("server.log",)),
+        "files": sorted(p.name for p in folder.iterdir() if p.name not in ("server.log", *records)),
+        "records": sorted(p.name for p in folder.iterdir() if p.name in records),
         "processes": [f"{p.pid} {p.state} {p.title[:60]}"
                       for p in proctree.descendants(os.getpid())],
     }
     failures = Counter(k for k in rows["kind"] if k != "ok")
-    handovers = sorted(u.handover_s for u in ups if u.ok and u.handover_s is not None)
+    good = [u for u in ups if u.ok]
     return {
         "upgrades": len(ups),
         "upgrades_ok": sum(1 for u in ups if u.ok),
@@ -105,13 +111,22 @@ def run(folder: Path, upgrades: int, every: int, threads: int, interval: float, 
         "requests": len(rows["kind"]),
         "failed": sum(failures.values()),
         "failures": dict(failures),
-        "handover_median": handovers[len(handovers) // 2] if handovers else None,
-        "handover_max": handovers[-1] if handovers else None,
+        "watch_window": watch_window,
+        "handover_median": median([u.handover_s for u in good]),
+        "handover_max": max((u.handover_s for u in good if u.handover_s is not None), default=None),
+        "commit_median": median([u.commit_s for u in good]),
+        "commit_max": max((u.commit_s for u in good if u.commit_s is not None), default=None),
         "start": begin,
         "end": end,
         "series": series,
         "after_stop": after,
     }
+
+
+def upgrade_records(pidfile: Path) -> set[str]:
+    """Files the master keeps on purpose after a stop, like its log: the last upgrade's
+    state (PIDFILE.upgrade) and the history of finished ones (PIDFILE.history)."""
+    return {pidfile.name + names.SUFFIX_STATE, pidfile.name + names.SUFFIX_HISTORY}
 
 
 def _brief(snap: dict) -> dict:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ import apps  # noqa: E402
 import continuity  # noqa: E402
 import loadgen  # noqa: E402
 import proctree  # noqa: E402
+import report  # noqa: E402
 import servers  # noqa: E402
 from summary import median, percentile  # noqa: E402
 from throughput import parse_wrk  # noqa: E402
@@ -76,6 +78,114 @@ def test_split_by_windows_counts_a_request_overlapping_a_window_as_inside() -> N
     inside, outside = continuity.split_by_windows(rows, [(1.0, 2.0)])
     assert inside == [0.2, 0.1]  # the second one started before the window but ended in it
     assert outside == [0.1, 0.1]
+
+
+CLI_REPORT = {"id": "100.1", "old_pid": 100, "new_pid": 200, "generation": 2, "result": "upgraded",
+              "outcome": "upgraded", "state": "committed", "reason": "", "started": 1.0,
+              "ready_seconds": 0.12, "drain_seconds": 0.05, "handover_seconds": 0.2,
+              "commit_seconds": 1.25, "line": "upgraded: 100 -> 200"}
+
+
+def test_hotswap_result_ends_the_window_at_the_handover_and_keeps_the_commit() -> None:
+    marks = {"usr2": 10.02, "handover": 10.23}
+    up = servers.hotswap_result(CLI_REPORT, marks, began=10.0, returned=11.3, gone=11.31)
+    assert up.ok and (up.old_pid, up.new_pid) == (100, 200)
+    assert up.started == pytest.approx(10.02)  # the earlier of the USR2 line and handover line - 0.2 s
+    assert up.ended == pytest.approx(10.23)  # "handover done in" reached us, not the CLI's exit
+    assert (up.handover_s, up.commit_s) == (0.2, 1.25)
+    assert up.commit_end == pytest.approx(11.31)  # the old master seen gone
+
+
+def test_hotswap_result_without_a_handover_line_uses_the_reported_handover() -> None:
+    up = servers.hotswap_result(CLI_REPORT, {"usr2": 10.02}, began=10.0, returned=11.3, gone=11.31)
+    assert up.ended == pytest.approx(10.22)
+    lost = servers.hotswap_result(CLI_REPORT, {"usr2": 10.02}, began=10.0, returned=11.3, gone=None)
+    assert not lost.ok and "still alive" in lost.reason
+    back = servers.hotswap_result(CLI_REPORT | {"outcome": "rolled back", "result": "rolled back",
+                                                "reason": "new workers keep crashing"},
+                                  {}, began=10.0, returned=11.3, gone=None)
+    assert not back.ok and back.reason == "new workers keep crashing"
+
+
+def _upgrade(started: float, handover: float, commit: float) -> servers.UpgradeResult:
+    return servers.UpgradeResult(True, started, started + handover, 0.1, handover, 1, 2,
+                                 commit_s=commit, committed=started + commit)
+
+
+def test_tally_counts_the_watch_window_outside_the_upgrade_but_inside_the_commit_window() -> None:
+    rows = {"start": [1.5, 3.0, 3.1, 5.0], "latency": [0.01, 0.02, 0.03, 0.04],
+            "kind": ["ok", "ok", "connection reset", "ok"]}
+    tally = continuity.Tally()
+    tally.add(rows, [_upgrade(1.0, 1.0, 3.0)])  # handover at 2.0, commit at 4.0
+    s = tally.summary()
+    assert s["inside"]["n"] == 1 and s["outside"]["n"] == 2  # 3.0 is after the handover: outside
+    assert s["to_commit"]["n"] == 2 and s["watch"]["n"] == 1
+    assert (s["failed"], s["failed_inside_windows"], s["failed_to_commit"]) == (1, 0, 1)
+    assert (s["handover_median"], s["commit_median"], s["commit_max"]) == (1.0, 3.0, 3.0)
+
+
+def _results() -> dict:
+    ours, theirs = servers.HOTSWAP_T2.key, servers.GUNICORN_GTHREAD.key
+    ups = {ours: [_upgrade(1.0, 0.2, 1.3), _upgrade(5.0, 0.3, 1.4)], theirs: [_upgrade(9.0, 0.4, 0.4)]}
+    rows = {"start": [1.1, 5.1, 9.1, 12.0], "latency": [0.01] * 4, "kind": ["ok"] * 4}
+    modes = {}
+    for key, these in ups.items():
+        tally = continuity.Tally()
+        tally.add(rows, these)
+        modes[key] = tally.summary()
+    params = {"upgrades": 2, "load_threads": 4, "load_interval": 0.005, "watch_window": 1.0}
+    flat = [{"mode": "keep-alive tcp", "server": k, **asdict(u)} for k, these in ups.items() for u in these]
+    return {"params": params, "continuity": {"modes": {"keep-alive tcp": modes}, "upgrades": flat}}
+
+
+def test_report_judges_the_handover_and_reports_the_commit_beside_it() -> None:
+    targets = {t["target"]: t for t in report.judge(_results())}
+    handover = next(t for name, t in targets.items() if name.startswith("median handover"))
+    assert "old generation no longer serves" in next(n for n in targets if n.startswith("median handover"))
+    assert handover["met"] is True and handover["measured"].startswith("0.25 s over 2")
+    commit = next(t for name, t in targets.items() if name.startswith("median commit"))
+    assert commit["met"] is None and commit["measured"].startswith("1.35 s over 2")
+    assert "| – |" in report._targets(list(targets.values()))
+
+
+def test_continuity_table_has_commit_beside_handover_and_says_gunicorn_has_no_watch_window() -> None:
+    text = report._continuity(_results()["continuity"], _results()["params"])
+    head = next(line for line in text.splitlines() if line.startswith("| mode |"))
+    assert head.index("handover med / max s") < head.index("commit med / max s")
+    assert "--watch-window 1 " in text
+    hotswap_row = next(line for line in text.splitlines() if line.startswith("| keep-alive tcp | hotswap"))
+    assert hotswap_row.endswith("| 0.25 / 0.30 | 1.35 / 1.40 |")
+    gunicorn_row = next(line for line in text.splitlines() if "| gunicorn" in line)
+    assert gunicorn_row.endswith("| 0.40 / 0.40 | 0.40 / 0.40 |")
+    assert "gunicorn has no watch window: its commit is its handover" in text
+
+
+def _soak(files: list[str], records: list[str]) -> dict:
+    snap = {"master": 1, "master_fds": 10, "master_fd_kinds": {}, "master_rss_kb": 20000, "workers": 2,
+            "worker_rss_kb": [1, 2], "zombies": 0, "leftover_processes": [], "files": ["hotswap.pid"]}
+    return {"upgrades": 3, "upgrades_ok": 3, "upgrade_failures": [], "requests": 9, "failed": 0,
+            "failures": {}, "watch_window": 0.2, "handover_median": 0.2, "handover_max": 0.3,
+            "commit_median": 0.5, "commit_max": 0.6, "start": snap, "end": snap,
+            "series": [{"upgrade": 0, "master": 1, "master_fds": 10, "master_rss_kb": 20000, "zombies": 0,
+                        "leftovers": 0}],
+            "after_stop": {"files": files, "records": records, "processes": []}}
+
+
+def test_soak_keeps_the_upgrade_records_apart_from_leftovers() -> None:
+    import soak
+
+    records = sorted(soak.upgrade_records(Path("run/hotswap.pid")))
+    assert records == ["hotswap.pid.history", "hotswap.pid.upgrade"]
+    clean = {"soak": _soak([], records), "params": {}}
+    line = next(t for t in report.judge(clean) if t["target"].startswith("soak: 0 failed"))
+    assert line["met"] is True
+    text = report._soak(clean["soak"], {"soak_threads": 2, "soak_interval": 0.02, "soak_every": 1,
+                                        "soak_watch_window": 0.2})
+    assert "commit median 0.50 s, max 0.60 s (watch window 0.2 s)" in text
+    assert "upgrade records kept on purpose: hotswap.pid.history, hotswap.pid.upgrade" in text
+    leaked = {"soak": _soak(["hotswap.pid.oldbin"], records), "params": {}}
+    line = next(t for t in report.judge(leaked) if t["target"].startswith("soak: 0 failed"))
+    assert line["met"] is False
 
 
 def test_http_date_matches_the_email_package() -> None:
@@ -148,6 +258,13 @@ def test_load_through_one_upgrade_then_nothing_is_left(tmp_path: Path, flavor: s
             assert up.ok, up
             assert up.old_pid == first and up.new_pid not in (None, first)
             assert up.handover_s is not None and 0 < up.handover_s <= up.ended - up.started + 1e-6
+            assert up.commit_s is not None and up.handover_s <= up.commit_s
+            assert up.started < up.ended <= up.commit_end
+            assert up.old_pid is not None and not proctree.alive(up.old_pid)
+            if flavor.kind == "hotswap":  # the old master stays for the whole watch window
+                assert up.commit_s >= server.watch_window
+            else:
+                assert up.commit_s == up.handover_s
             assert rows["kind"], "the load generator sent nothing"
             assert set(rows["kind"]) == {"ok"}, rows["kind"]
             assert proctree.wait_until(lambda new=up.new_pid: server.master_pid() == new, 10)

@@ -395,8 +395,8 @@ def test_daemon_detaches_serves_and_stops(tmp_path: Path) -> None:
         # Daemonized, WINCH is honoured: workers are parked (alive, serving nobody) and not
         # replaced; HUP brings them back.
         os.kill(daemon_pid, signal.SIGWINCH)
-        wait_for(lambda: "WINCH: parking all workers" in errors.read_text(), 10,
-                 what="WINCH to park the workers")
+        wait_for(lambda: "parked: not accepting" in errors.read_text(), 10,
+                 what="WINCH to park the worker")
         with pytest.raises(requests.exceptions.ReadTimeout):
             requests.get(f"http://127.0.0.1:{port}/", timeout=1.0)
         assert workers_of(daemon_pid) == workers, "parked workers are kept, not replaced"
