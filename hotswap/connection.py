@@ -4,25 +4,38 @@ Sockets stay in blocking mode with kernel send/receive timeouts (SO_SNDTIMEO /
 SO_RCVTIMEO). The selector only calls `receive` when the socket is readable, so it never
 blocks there; a thread running the app may block on a slow client, but never longer than
 the timeout. This saves the poll() that Python's own timeout mode adds to every call.
+
+A per-call timeout alone does not bound a response: a client that reads a byte now and
+then restarts it at every call. So each response also has a deadline, `response_time`
+seconds after its first byte (derived from --timeout, the number the master kills a
+silent worker by), which every send and sendfile call respects. The head of a request
+has one too (`head_started`, checked by the worker's sweep), and the lingering read after
+a refused request is a state the worker's loop times, never a blocking wait.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
 
 from .request import Limits, RequestParser
+from .response import CONTINUE
 
 RECV_SIZE = 65536
-LINGER_SECONDS = 0.5
+LINGER_TIME = 2.0  # a lingering close ends this long after it began, whatever the client sends
+LINGER_IDLE = 0.5  # ... or once the client has sent nothing for this long
+SENDFILE_CHUNK = 1 << 16  # one splice round: a larger count can wait SO_SNDTIMEO once per round
 
 
 class Connection:
     """A client connection, parked in the selector between requests."""
 
     __slots__ = ("sock", "fd", "peer", "server", "parser", "last_active", "closed", "unix",
-                 "busy", "served", "linger", "registered")
+                 "busy", "served", "linger", "registered", "io_timeout", "response_time",
+                 "deadline", "sndtimeo", "head_started", "lingering", "linger_until",
+                 "linger_cap", "timed_out")
 
     def __init__(
         self,
@@ -31,6 +44,7 @@ class Connection:
         server: tuple[str, str],
         limits: Limits,
         io_timeout: float,
+        response_time: float | None = None,
     ) -> None:
         self.sock = sock
         self.fd = sock.fileno()
@@ -39,15 +53,22 @@ class Connection:
         self.unix = peer is None
         self.parser = RequestParser(limits)
         self.last_active = time.monotonic()
+        self.head_started: float | None = self.last_active  # a new connection owes a head
         self.closed = False
         self.busy = False  # owned by a pool thread right now: the sweep leaves it alone
         self.served = False  # has answered a request: idle from now on means kept-alive
         self.linger = False  # close with a lingering read (after refusing a request)
+        self.lingering = False  # shut for writing, reading and dropping until linger_until
+        self.linger_until = 0.0  # the linger ends then (LINGER_IDLE after the last bytes)...
+        self.linger_cap = 0.0  # ... and by then at the latest (LINGER_TIME after it began)
         self.registered = False  # in the worker's epoll set
-        seconds = int(io_timeout)
-        timeval = struct.pack("ll", seconds, int((io_timeout - seconds) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        self.io_timeout = io_timeout
+        self.response_time = io_timeout if response_time is None else response_time
+        self.deadline: float | None = None  # of the response being sent, from its first byte
+        self.timed_out = False  # a response missed its deadline: abort, do not flush
+        self.sndtimeo = io_timeout
+        _set_timeout(sock, socket.SO_RCVTIMEO, io_timeout)
+        _set_timeout(sock, socket.SO_SNDTIMEO, io_timeout)
         if not self.unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -66,34 +87,131 @@ class Connection:
         if not data:
             return False
         self.last_active = time.monotonic()
+        if self.head_started is None:
+            self.head_started = self.last_active
         self.parser.feed(data)
         return True
 
+    def waiting(self) -> bool:
+        """True when the client has sent bytes we have not read yet (or has hung up)."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"" (EOF) counts too
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # an error to report: reading it is how the connection ends
+
+    def next_request_waiting(self, current_complete: bool) -> bool:
+        """Is another request already here, behind the one being answered? Then a closing
+        worker keeps the connection open for it instead of dropping it."""
+        if self.parser.ready:
+            return True
+        return current_complete and self.waiting()
+
+    def new_response(self) -> None:
+        """The next bytes sent begin a new response, with a deadline of its own."""
+        self.deadline = None
+
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        """Send everything, by the response's deadline (TimeoutError past it)."""
+        deadline = self.deadline
+        if deadline is None:
+            deadline = time.monotonic() + self.response_time
+            if data != CONTINUE:  # an interim answer does not start the response's clock
+                self.deadline = deadline
+        view = memoryview(data)
+        while view:
+            self._bound_timeout(deadline)
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                continue  # SO_SNDTIMEO ran out with nothing sent: the deadline decides
+            view = view[sent:]
+
+    def sendfile(self, file: object, offset: int, count: int) -> int:
+        """sendfile(2) `count` bytes of `file` from `offset`, by the response's deadline.
+
+        socket.sendfile would wait in an unbounded poll() on a socket without a Python
+        timeout, so one client that stops reading could hold a thread for ever.
+        """
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.response_time
+        deadline = self.deadline
+        fileno = file.fileno()  # type: ignore[attr-defined]
+        total = 0
+        while total < count:
+            self._bound_timeout(deadline)
+            try:
+                sent = os.sendfile(self.fd, fileno, offset + total,
+                                   min(SENDFILE_CHUNK, count - total))
+            except BlockingIOError:
+                continue
+            if sent == 0:
+                break  # the file is shorter than it said
+            total += sent
+        file.seek(offset + total)  # type: ignore[attr-defined]
+        return total
+
+    def _bound_timeout(self, deadline: float) -> None:
+        """Fail past the deadline; near it, shorten SO_SNDTIMEO so one call cannot overrun."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            self.timed_out = True
+            raise TimeoutError("response deadline passed (client too slow)")
+        wanted = min(self.io_timeout, left)
+        if wanted < self.sndtimeo - 0.01 or (wanted >= self.io_timeout > self.sndtimeo):
+            self.sndtimeo = wanted
+            _set_timeout(self.sock, socket.SO_SNDTIMEO, wanted)
+
+    def begin_linger(self, now: float) -> None:
+        """After refusing a request: our FIN goes out now, and whatever the client still
+        sends (a body we refused, a pipelined request) is read and dropped for a moment,
+        by the worker's loop. Closing with unread data makes the kernel send a reset,
+        which can destroy the error response before the client reads it."""
+        self.lingering = True
+        self.linger_cap = now + LINGER_TIME
+        self.linger_until = min(self.linger_cap, now + LINGER_IDLE)
+        self.head_started = None
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.linger_until = now
+
+    def linger_read(self, now: float) -> bool:
+        """Drop what arrived while lingering; False once the client is done (EOF, error)."""
+        try:
+            while True:
+                data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+                if not data:
+                    return False
+                self.linger_until = min(self.linger_cap, now + LINGER_IDLE)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
 
     def close(self) -> None:
-        """Close the connection.
-
-        With `self.linger`, bytes the client may still be sending (a body we refused, a
-        pipelined request after an error) are read and dropped for a moment after our FIN:
-        closing with unread data makes the kernel send a reset, which can destroy the
-        error response before the client reads it.
-        """
+        """Close the connection (a lingering one too, whatever is left of its linger)."""
         if self.closed:
             return
         self.closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-            if self.linger:
-                self._drain(LINGER_SECONDS)
-        except OSError:
-            pass
+        if self.timed_out:
+            # Reset: a graceful close would still push the megabytes queued in the kernel
+            # to the same slow client, holding the connection long past its deadline.
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        elif not self.lingering:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         self.sock.close()
 
-    def _drain(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        self.sock.settimeout(seconds)
-        while time.monotonic() < deadline:
-            if not self.sock.recv(RECV_SIZE):
-                return
+
+def _set_timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, option,
+                    struct.pack("ll", whole, int((seconds - whole) * 1e6)))

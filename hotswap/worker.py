@@ -19,6 +19,7 @@ back to this one in a moment. A private probe listener is served even while park
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
@@ -50,6 +51,9 @@ from .request import HttpError, Limits
 BOOT_FAILED = 3  # exit status of a worker that could not load the app
 TICK = 1.0
 HOUSEKEEPING = 0.25
+ACCEPT_BACKOFF = 0.5  # seconds without accepting after accept() ran out of fds
+ACCEPT_BACKOFF_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_LOG_EVERY = 5.0  # at most one line per this many seconds about failed accepts
 TAKE_QUEUED = 64  # connections a retiring or parking worker takes from each listener's queue
 PR_SET_PDEATHSIG = 1
 
@@ -100,6 +104,7 @@ class Worker:
         self.limits = Limits(self.cfg.limit_request_line, self.cfg.limit_request_fields,
                              self.cfg.limit_request_field_size)
         self.stop_at: float | None = None  # monotonic deadline once a graceful stop began
+        self.stop_wanted = False  # TERM arrived; the loop begins the stop
         self.parked = spec.parked  # not accepting on the shared listeners
         self.park_wanted = spec.parked  # what the last WINCH/HUP asked for
         self.park_told = True  # `P` already sent for this park (none for a worker born parked)
@@ -111,6 +116,9 @@ class Worker:
         self.next_housekeeping = 0.0
         self.busy = 0
         self.returned: deque[tuple[Connection, bool]] = deque()
+        self.accept_paused_until = 0.0  # accept() ran out of fds: try again then (or sooner)
+        self.accept_errors = 0  # failed accepts not logged yet
+        self.accept_logged = 0.0  # when the last accept failure was logged
         self.pool: ThreadPoolExecutor | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.epoll = select.epoll()
@@ -144,6 +152,9 @@ class Worker:
             log_error=self.log.error,
             log_access=self.spec.logs.access if self.spec.logs.access_enabled else None,
         )
+        if self.park_wanted != self.parked:  # WINCH or HUP while the app was loading
+            self.parked = self.park_wanted
+            self.park_told = not self.parked
         self.site.closing = self.cfg.keepalive <= 0 or self.parked
         if self.cfg.threads > 1:
             self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="hotswap")
@@ -188,7 +199,10 @@ class Worker:
     def _on_term(self, signum: int, frame: Any) -> None:
         if os.getppid() != self.spec.master_pid:
             self._leave_by_deadline()  # TERM from the kernel: the master died
-        self._begin_stop()
+        # Closing now, since an inline worker may be inside the app and its response must
+        # already say Connection: close; the rest waits for the loop (not in a handler).
+        self.stop_wanted = True
+        self.site.closing = True
         self._wake()
 
     def _leave_by_deadline(self) -> None:
@@ -258,6 +272,8 @@ class Worker:
         most every HOUSEKEEPING seconds so a hundred idle clients cost nothing per request.
         """
         now = time.monotonic()
+        if self.stop_wanted and self.stop_at is None:
+            self._begin_stop()
         if self.stop_at is None and self.max_requests and self.site.requests >= self.max_requests:
             # Checked on every wake-up, not with the housekeeping below: a busy worker
             # would otherwise serve hundreds of requests past the limit in that time.
@@ -284,6 +300,7 @@ class Worker:
         self._sweep(now)
         if self.stop_at is not None:
             if not self.conns and not self.busy:
+                self.log.debug("retired: holding no connection")
                 return False
             if now >= self.stop_at:
                 self.log.warning("graceful timeout: closing %d connection(s)", len(self.conns))
@@ -291,15 +308,17 @@ class Worker:
         return True
 
     def _orphaned(self) -> None:
-        """The master is gone: finish what is in flight, but wait for no idle client."""
+        """The master is gone: retire exactly like on TERM, and finish everything we hold.
+
+        Idle kept-alive connections are not closed at once: a client may be sending its
+        next request right now, and closing under it would fail that request. They get
+        their next answer with `Connection: close`, or are closed at the keep-alive
+        timeout, as in any retirement.
+        """
         self.log.warning("master %d is gone, worker exiting", self.spec.master_pid)
         self.orphaned = True
         self._leave_by_deadline()
         self._begin_stop()
-        for conn in list(self.conns.values()):
-            if not conn.busy and not conn.parser.in_message:
-                self._forget(conn)
-                conn.close()
 
     def _begin_stop(self) -> None:
         """Retire: stop accepting at once, finish what we hold, then leave."""
@@ -308,11 +327,12 @@ class Worker:
         self.stop_at = time.monotonic() + self.cfg.graceful_timeout
         self.site.closing = True
         self._sync_accept()
-        if not self.parked:
-            self._take_queued()
+        taken = 0 if self.parked else self._take_queued()
         for listener in self.listeners.values():
             listener.sock.close()
         self.listeners = {}
+        self.log.info("retiring: not accepting; finishing %d connection(s) (%d just taken from "
+                      "the queue)", len(self.conns), taken)
 
     def _park(self) -> None:
         """WINCH: like a retirement (stop accepting, answer with Connection: close, take
@@ -334,16 +354,38 @@ class Worker:
         self.log.info("resumed: accepting again")
 
     def _sweep(self, now: float) -> None:
-        """Close parked connections idle past their limit."""
+        """End what waits in epoll past its deadline: a linger, a request head that is not
+        complete --timeout after its first byte (or after the connection was accepted),
+        a kept-alive connection idle past --keepalive."""
+        if self.accept_paused_until and now >= self.accept_paused_until:
+            self.accept_paused_until = 0.0
+            self._sync_accept()
         for conn in list(self.conns.values()):
             if conn.closed or conn.busy:
                 continue
-            idle = now - conn.last_active
-            waiting_head = conn.parser.in_message or not conn.served
-            limit = self.cfg.timeout if waiting_head else self.cfg.keepalive
-            if idle > limit:
-                self._forget(conn)
-                conn.close()
+            if conn.lingering:
+                if now >= conn.linger_until:
+                    self._forget(conn)
+                    conn.close()
+            elif conn.head_started is not None:
+                if now - conn.head_started > self.cfg.timeout:
+                    self._head_timed_out(conn, now)
+            elif now - conn.last_active > self.cfg.keepalive:
+                self._close(conn)
+
+    def _head_timed_out(self, conn: Connection, now: float) -> None:
+        """A whole request head must arrive within --timeout: a client sending a byte now
+        and then does not hold a connection for ever. Answer 408 if it sent anything."""
+        if conn.parser.in_message or conn.parser.ready:
+            self.log.info("request head from %s not complete after %g s: 408",
+                          conn.peer[0] if conn.peer else "unix socket", self.cfg.timeout)
+            try:
+                conn.sock.send(resp.error_response(408, "request head not received in time"),
+                               socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            conn.linger = True
+        self._close(conn)
 
     # -- accepting --------------------------------------------------------------------
 
@@ -354,7 +396,7 @@ class Worker:
         connections); the probe only while parked.
         """
         want: set[int] = set()
-        if self.stop_at is None and self.busy < self.cfg.threads:
+        if self.stop_at is None and self.busy < self.cfg.threads and not self.accept_paused_until:
             if not self.parked:
                 want.update(self.shared)
             if self.probe is not None:
@@ -391,12 +433,13 @@ class Worker:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return False
         except OSError as exc:
-            self.log.error("accept on %s failed: %s", listener.address(), exc)
+            self._accept_failed(listener, exc)
             return False
         sock = socket.socket(listener.sock.family, socket.SOCK_STREAM, 0, fileno=fd)
         peer = addr[:2] if isinstance(addr, tuple) else None
-        conn = Connection(sock, peer, self.server_names[listener.fd], self.limits,
-                          _io_timeout(self.cfg.timeout))
+        io_timeout = _io_timeout(self.cfg.timeout)
+        conn = Connection(sock, peer, self.server_names[listener.fd], self.limits, io_timeout,
+                          response_time=io_timeout)
         self.conns[conn.fd] = conn
         if self.pool is None:
             self.epoll.register(conn.fd, select.EPOLLIN)
@@ -411,14 +454,35 @@ class Worker:
             self._readable(conn)
         return True
 
+    def _accept_failed(self, listener: Listener, exc: OSError) -> None:
+        """Out of fds (or kernel memory): the connection stays queued and the listener
+        readable, so accepting again at once would spin. Stop accepting for a while (or
+        until one of our connections closes), and log the failure at most every few s."""
+        now = time.monotonic()
+        if exc.errno in ACCEPT_BACKOFF_ERRNOS:
+            self.accept_paused_until = now + ACCEPT_BACKOFF
+            self._sync_accept()
+        self.accept_errors += 1
+        if now - self.accept_logged >= ACCEPT_LOG_EVERY:
+            pause = f"; accepting again in {ACCEPT_BACKOFF:g} s" if self.accept_paused_until else ""
+            more = self.accept_errors - 1
+            self.log.error("accept on %s failed: %s%s%s", listener.address(), exc, pause,
+                           f" ({more} more since the last report)" if more else "")
+            self.accept_logged = now
+            self.accept_errors = 0
+
     # -- serving ----------------------------------------------------------------------
 
     def _readable(self, conn: Connection) -> None:
+        if conn.lingering:
+            if not conn.linger_read(time.monotonic()):
+                self._forget(conn)
+                conn.close()
+            return
         if self.pool is None:
             keep = self._serve(conn)
             if not keep:
-                self._forget(conn)
-                conn.close()
+                self._close(conn)
             return
         conn.busy = True
         self.busy += 1
@@ -448,8 +512,7 @@ class Worker:
             if keep:
                 self._arm(conn)
             else:
-                self._forget(conn)
-                conn.close()
+                self._close(conn)
         if self.busy < self.cfg.threads:
             self._sync_accept()
 
@@ -462,30 +525,67 @@ class Worker:
         except HttpError as exc:
             error = exc
         parser = conn.parser
+        answered = False
         while parser.ready:
             req = parser.ready.popleft()
-            conn.served = True
+            conn.served = answered = True
             if error is not None and not req.complete:
                 # Its body broke the parser: no more of it can ever be parsed, so an app
                 # reading it would wait for the I/O timeout. Refuse it instead.
                 break
+            if self.pool is None:
+                self._beat_if_stale()
+            conn.new_response()
             keep = wsgi.handle(self.site, conn, req)  # it answers every error of its own
             if not keep:
+                if conn.timed_out:
+                    self.log.warning("%s %s: response not sent within %g s; connection reset",
+                                     req.method, req.target.decode("latin-1")[:200],
+                                     conn.response_time)
                 return False
         if error is not None:
             self._refuse(conn, error)
             return False
         conn.last_active = time.monotonic()
+        if not parser.in_message:
+            conn.head_started = None  # between requests no head is owed
+        elif answered:
+            conn.head_started = conn.last_active  # part of the next one came with this one
         return True
+
+    def _beat_if_stale(self) -> None:
+        """Inline, the loop cannot beat while a request runs: beat just before, so the
+        response deadline (below --timeout) is all the master ever waits on top of the
+        app's own time."""
+        now = time.monotonic()
+        if now - self.last_beat >= self.beat_interval / 4:
+            self.last_beat = now
+            self._tell(b".")
 
     def _refuse(self, conn: Connection, error: HttpError) -> None:
         self.log.info("refused request from %s: %d %s",
                       conn.peer[0] if conn.peer else "unix socket", error.status, error.reason)
         conn.linger = True
+        conn.new_response()
         try:
             conn.send(resp.error_response(error.status, error.reason))
         except OSError:
             pass
+
+    def _close(self, conn: Connection) -> None:
+        """Close, or for a refused request start a lingering close the loop times."""
+        if conn.linger and not conn.lingering and not conn.closed:
+            conn.begin_linger(time.monotonic())
+            events = select.EPOLLIN
+            if conn.registered:
+                self.epoll.modify(conn.fd, events)
+            else:
+                self.epoll.register(conn.fd, events)
+                conn.registered = True
+            self.conns[conn.fd] = conn
+            return
+        self._forget(conn)
+        conn.close()
 
     def _arm(self, conn: Connection) -> None:
         """Back in epoll, for one event (EPOLLONESHOT): the next request goes to one thread."""
@@ -499,6 +599,10 @@ class Worker:
     def _forget(self, conn: Connection) -> None:
         if self.conns.get(conn.fd) is conn:
             del self.conns[conn.fd]
+            if self.accept_paused_until:
+                # An fd is free again: one more connection can be accepted now.
+                self.accept_paused_until = 0.0
+                self._sync_accept()
         if conn.registered:
             conn.registered = False
             try:

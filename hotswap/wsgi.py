@@ -227,7 +227,9 @@ class ResponseWriter:
         if head.content_length is None and known_length is not None and not self.is_head:
             head.content_length = known_length
             head.headers.append(("Content-Length", str(known_length)))
-        keep_alive = self.req.keep_alive and not self.site.closing and not self._uninvited_body()
+        # A closing worker still answers a request the client already sent behind this one.
+        closing = self.site.closing and not self.conn.next_request_waiting(self.req.complete)
+        keep_alive = self.req.keep_alive and not closing and not self._uninvited_body()
         resp.frame(head, self.req.version, keep_alive, self.is_head)
         self.prepared = True
         return head
@@ -299,7 +301,7 @@ class ResponseWriter:
             return False
         count = size if head.content_length is None else min(size, head.content_length)
         self._send_head(b"")
-        sent = self.conn.sock.sendfile(wrapper.filelike, offset, count)
+        sent = self.conn.sendfile(wrapper.filelike, offset, count)  # bounded by a deadline
         self.sent += sent
         return True
 
