@@ -42,6 +42,7 @@ from .gate import (
     Watch,
 )
 from .handover import Handover, RecordKeeper
+from .keeper import announce_master
 from .logs import Logs
 from .proctitle import set_title
 from .signals import SignalQueue
@@ -502,6 +503,7 @@ class Arbiter:
         if self.pidfile is not None:
             self._pidfile_op(self.pidfile.restore, self.pid, upgrade.pid)
             self._pidfile_op(self.pidfile.remove_oldbin_if_ours, self.pid)
+        announce_master(self.pid)
         if self.stopping is None:
             notify.notify_ready(main_pid=self.pid)
         if self.parked:
@@ -763,6 +765,7 @@ class Arbiter:
             self._announce_ready()
         else:
             notify.notify_ready(status=f"generation {self.lineage.generation}")
+        announce_master(self.pid)
         self.log.info("ready: %d worker(s) booted in %.2f s", len(booted), took)
 
     def _gate_passed(self, now: float) -> bool:
