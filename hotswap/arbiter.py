@@ -30,6 +30,7 @@ from upgrade.record import UpgradeRecord
 from upgrade.reexec import spawn_new_master
 
 from . import config as config_mod
+from . import paths
 from .boot import Lineage
 from .config import Config
 from .errors import StartupError
@@ -264,7 +265,7 @@ class Arbiter:
                 self._resume_all()
             return
         try:
-            new_cfg = config_mod.build(self.flags)
+            new_cfg = paths.resolve_config(config_mod.build(self.flags), self.start_dir)
             serving = self._listeners_for(new_cfg)
         except StartupError as exc:
             self.log.error("HUP: %s; keeping the running configuration", exc)
@@ -460,6 +461,7 @@ class Arbiter:
         self.log.error("upgrade to %d rolled back: %s; master %d serves again", upgrade.pid,
                        reason, self.pid)
         self._resume_all()
+        announce_master(self.pid)  # the keeper's signals come back to us at once
         upgrade.phase = "rolling back"
         self.records.update(upgrade.record, names.STATE_ROLLED_BACK, reason)
         self._signal(upgrade.pid, signal.SIGQUIT)  # graceful: we serve the same sockets
