@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import StartupError
+from .logs import log_app_traceback
 
 WSGIApp = Callable[..., Any]
 
@@ -47,11 +48,14 @@ def _import(module_name: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and (module_name + ".").startswith(exc.name + "."):  # it, or a parent
             raise StartupError(f"cannot import APP module {module_name!r}: no such module") from None
-        raise StartupError(f"cannot import APP module {module_name!r}: {_one_line(exc)}") from None
+        raise _with_traceback(f"cannot import APP module {module_name!r}: {_one_line(exc)}", exc) from None
     except BaseException as exc:  # the app's import ran arbitrary code
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise StartupError(f"cannot import APP module {module_name!r}: {_one_line(exc)}") from None
+        summary = f"cannot import APP module {module_name!r}: {_one_line(exc)}"
+        if isinstance(exc, SystemExit):  # sys.exit() in the app, or our own stop signal
+            raise StartupError(summary) from None
+        raise _with_traceback(summary, exc) from None
 
 
 def _call_factory(spec: str, factory: Any) -> Any:
@@ -60,7 +64,13 @@ def _call_factory(spec: str, factory: Any) -> Any:
     try:
         return factory()
     except Exception as exc:
-        raise StartupError(f"APP {spec!r}: the factory raised {_one_line(exc)}") from None
+        raise _with_traceback(f"APP {spec!r}: the factory raised {_one_line(exc)}", exc) from None
+
+
+def _with_traceback(summary: str, exc: BaseException) -> StartupError:
+    """Log where the app failed (file, line, traceback); the error itself stays one line."""
+    log_app_traceback(summary, exc)
+    return StartupError(summary)
 
 
 def _one_line(exc: BaseException) -> str:

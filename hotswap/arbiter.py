@@ -30,6 +30,7 @@ from upgrade.record import UpgradeRecord
 from upgrade.reexec import spawn_new_master
 
 from . import config as config_mod
+from . import paths
 from .boot import Lineage
 from .config import Config
 from .errors import StartupError
@@ -42,6 +43,7 @@ from .gate import (
     Watch,
 )
 from .handover import Handover, RecordKeeper
+from .keeper import announce_master
 from .logs import Logs
 from .proctitle import set_title
 from .signals import SignalQueue
@@ -263,7 +265,7 @@ class Arbiter:
                 self._resume_all()
             return
         try:
-            new_cfg = config_mod.build(self.flags)
+            new_cfg = paths.resolve_config(config_mod.build(self.flags), self.start_dir)
             serving = self._listeners_for(new_cfg)
         except StartupError as exc:
             self.log.error("HUP: %s; keeping the running configuration", exc)
@@ -459,6 +461,7 @@ class Arbiter:
         self.log.error("upgrade to %d rolled back: %s; master %d serves again", upgrade.pid,
                        reason, self.pid)
         self._resume_all()
+        announce_master(self.pid)  # the keeper's signals come back to us at once
         upgrade.phase = "rolling back"
         self.records.update(upgrade.record, names.STATE_ROLLED_BACK, reason)
         self._signal(upgrade.pid, signal.SIGQUIT)  # graceful: we serve the same sockets
@@ -502,6 +505,7 @@ class Arbiter:
         if self.pidfile is not None:
             self._pidfile_op(self.pidfile.restore, self.pid, upgrade.pid)
             self._pidfile_op(self.pidfile.remove_oldbin_if_ours, self.pid)
+        announce_master(self.pid)
         if self.stopping is None:
             notify.notify_ready(main_pid=self.pid)
         if self.parked:
@@ -763,6 +767,7 @@ class Arbiter:
             self._announce_ready()
         else:
             notify.notify_ready(status=f"generation {self.lineage.generation}")
+        announce_master(self.pid)
         self.log.info("ready: %d worker(s) booted in %.2f s", len(booted), took)
 
     def _gate_passed(self, now: float) -> bool:

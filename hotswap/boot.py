@@ -54,7 +54,8 @@ def read_lineage(environ: MutableMapping[str, str]) -> Lineage:
     lineage = Lineage(None, ready_fd, 1)
     raw_parent = environ.pop(ENV_PARENT_PID, None)
     if raw_parent is not None:
-        if not raw_parent.isdigit() or int(raw_parent) < 2:
+        # 1 is a valid parent: a master running as PID 1 in a container upgrades too.
+        if not raw_parent.isdigit() or int(raw_parent) < 1:
             lineage.fail(f"{ENV_PARENT_PID}={raw_parent!r} is not a process id")
             raise StartupError(f"{ENV_PARENT_PID}={raw_parent!r} is not a process id")
         lineage.parent_pid = int(raw_parent)
@@ -116,13 +117,3 @@ def _foreign_fds(environ: MutableMapping[str, str], specs: list[BindSpec]) -> se
 def _fail(lineage: Lineage, message: str) -> StartupError:
     lineage.fail(message)
     return StartupError(message)
-
-
-def daemonize() -> None:
-    """Detach from the terminal: fork, new session, fork again; the parent exits at once."""
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    os.umask(0o022)

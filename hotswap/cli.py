@@ -71,8 +71,13 @@ def main() -> None:
                                     "and boots only on a 2xx. [off]")
 @click.option("--health-url", help="Probed on the new generation only (never the old one) "
                                    "before it goes live and during the watch window. [off]")
+@click.option("--keeper/--no-keeper", default=None,
+              help="Run a resident keeper process in front of the master, so a supervisor "
+                   "sees one stable pid across upgrades. [on as PID 1 or under supervisord; "
+                   "off under systemd or with --daemon]")
 def start(**params: Any) -> None:
     """Serve APP (module:callable; the built-in demo app when omitted)."""
+    keeper = params.pop("keeper")
     ctx = click.get_current_context()
     flags = {name: value for name, value in params.items()
              if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
@@ -85,7 +90,7 @@ def start(**params: Any) -> None:
     from .server import serve  # keeps `hotswap status` and friends light
 
     try:
-        code = serve(flags)
+        code = serve(flags, keeper)
     except StartupError as exc:
         _fail(str(exc))
     sys.exit(code)

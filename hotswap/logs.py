@@ -31,14 +31,23 @@ class Logs:
         self._access.setLevel(logging.INFO)
         self._access.propagate = False
         self._streams: list[TextIO] = []
+        self._error_file: TextIO | None = None
         self.reopen()
 
     def reopen(self) -> None:
-        """Close and open every log file again (USR1); stdout/stderr are left as they are."""
+        """Close and open every log file again (USR1).
+
+        fds 1 and 2 that were on the old error log file (a daemon's, see redirect_stdio)
+        move to the new one: app print()s, wsgi.errors and crash tracebacks write there,
+        and would otherwise go to the rotated file forever."""
         old = self._streams
+        old_error = self._error_file
         self._streams = []
-        _set_handler(self.error, self._open(self.error_path, sys.stderr),
-                     logging.Formatter(ERROR_FORMAT, DATE_FORMAT))
+        stream = self._open(self.error_path, sys.stderr)
+        self._error_file = stream if self.error_path != "-" else None
+        _set_handler(self.error, stream, logging.Formatter(ERROR_FORMAT, DATE_FORMAT))
+        if old_error is not None and self._error_file is not None:
+            _follow_stdio(old_error, self._error_file)
         if self.access_path:
             _set_handler(self._access, self._open(self.access_path, sys.stdout),
                          logging.Formatter("%(message)s"))
@@ -81,6 +90,43 @@ class Logs:
         self._streams = []
 
 
+def log_app_traceback(summary: str, exc: BaseException) -> None:
+    """The full traceback of an app that could not be loaded, for the operator to fix it.
+
+    In an error log file it is an ERROR; on the terminal (`--error-log -`) only a DEBUG
+    record, since there the one-line summary is what an operator mistake shows."""
+    log = logging.getLogger("hotswap.error")
+    to_file = any(getattr(h, "stream", None) not in (None, sys.stderr, sys.stdout)
+                  for h in log.handlers)
+    log.log(logging.ERROR if to_file else logging.DEBUG, "%s", summary,
+            exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def _follow_stdio(old: TextIO, new: TextIO) -> None:
+    """dup2 `new` onto whichever of fds 1 and 2 is the same file as `old`."""
+    try:
+        before = os.fstat(old.fileno())
+    except (OSError, ValueError):
+        return
+    for fd in (1, 2):
+        try:
+            here = os.fstat(fd)
+        except OSError:
+            continue
+        if (here.st_dev, here.st_ino) == (before.st_dev, before.st_ino):
+            for std in (sys.stdout, sys.stderr):
+                _flush(std)
+            os.dup2(new.fileno(), fd)
+
+
+def _flush(stream: TextIO | None) -> None:
+    try:
+        if stream is not None:
+            stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def _set_handler(logger: logging.Logger, stream: TextIO, formatter: logging.Formatter) -> None:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -90,12 +136,17 @@ def _set_handler(logger: logging.Logger, stream: TextIO, formatter: logging.Form
 
 
 def redirect_stdio(error_path: str) -> None:
-    """For a daemon: stdin from /dev/null, stdout/stderr to the error log (or /dev/null)."""
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    target = null
+    """For a daemon: stdin from /dev/null, stdout/stderr to the error log (or /dev/null).
+
+    The log is opened first: if that fails, nothing was redirected yet and the OSError
+    says why."""
+    target = None
     if error_path != "-":
         target = os.open(error_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    if target is None:
+        target = null
     os.dup2(target, 1)
     os.dup2(target, 2)
     for fd in {null, target}:

@@ -2,12 +2,15 @@
 
 The order matters: everything that can fail because of operator input (config, log
 files, sockets, pidfile, app import with --preload) is done before daemonizing and
-before any worker exists, so the failure is one line on the terminal.
+before any worker exists, so the failure is one line on the terminal. What can only
+fail later (the pidfile, written by the daemon; the first workers' boot) reaches a
+waiting `start --daemon` through `daemonpipe`.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from listeners import Listener, close_listener
@@ -15,21 +18,49 @@ from pidfiles import AlreadyRunning, Pidfile, PidfileError
 from upgrade.reexec import original_argv, start_directory
 
 from . import config as config_mod
+from . import daemonpipe, keeper, paths
 from .apploader import load_app
 from .arbiter import Arbiter
-from .boot import Lineage, daemonize, open_listeners, read_lineage
+from .boot import Lineage, open_listeners, read_lineage
 from .errors import StartupError
 from .logs import Logs, redirect_stdio
 from .proctitle import set_title
 
 
-def serve(flags: dict[str, Any]) -> int:
-    """Start a master with the options the operator gave; returns its exit status."""
+def serve(flags: dict[str, Any], keeper_flag: bool | None = None) -> int:
+    """Start a master with the options the operator gave; returns its exit status.
+
+    With a keeper (see hotswap.keeper), this process becomes the keeper and the master
+    runs in its child; the keeper returns the service's exit status.
+    """
     start_dir = start_directory()  # before --chdir: the next generation starts from here
     argv = original_argv()
+    flags = paths.resolve_flags(flags, start_dir)
     lineage = read_lineage(os.environ)
     try:
-        cfg = config_mod.build(flags)
+        cfg = paths.resolve_config(config_mod.build(flags), start_dir)
+    except StartupError as exc:
+        lineage.fail(str(exc))
+        raise
+    in_upgrade = lineage.parent_pid is not None
+    if keeper.wanted(keeper_flag, cfg.daemon, os.environ, in_upgrade):
+        return keeper.run(lambda: _serve_in_keeper(cfg, flags, lineage, start_dir, argv), cfg.name)
+    return _serve(cfg, flags, lineage, start_dir, argv)
+
+
+def _serve_in_keeper(cfg: config_mod.Config, flags: dict[str, Any], lineage: Lineage,
+                     start_dir: str, argv: list[str]) -> int:
+    """The first master, as the keeper's child: its startup errors are its exit status."""
+    try:
+        return _serve(cfg, flags, lineage, start_dir, argv)
+    except StartupError as exc:
+        sys.stderr.write(f"hotswap: error: {exc}\n")
+        return 1
+
+
+def _serve(cfg: config_mod.Config, flags: dict[str, Any], lineage: Lineage, start_dir: str,
+           argv: list[str]) -> int:
+    try:
         logs = _open_logs(cfg)
         pidfile = Pidfile(cfg.pidfile) if cfg.pidfile else None
         first = lineage.parent_pid is None
@@ -49,16 +80,28 @@ def serve(flags: dict[str, Any]) -> int:
         _chdir(cfg.chdir)
         app = load_app(cfg.app) if cfg.preload else None
         if cfg.daemon and first:
-            daemonize()
-            redirect_stdio(cfg.error_log)
+            daemonpipe.detach(cfg.upgrade_timeout + cfg.timeout)
+            _redirect_stdio(cfg.error_log)
             logs.reopen()
         if pidfile is not None and first:
             _claim(pidfile, logs)
     except StartupError as exc:
         _give_up(listeners, lineage, str(exc))
+        daemonpipe.report_failure(str(exc))
         raise
     arbiter = Arbiter(cfg, flags, logs, listeners, lineage, pidfile, app, start_dir, argv)
-    return arbiter.run()
+    try:
+        return arbiter.run()
+    except StartupError as exc:
+        daemonpipe.report_failure(str(exc))
+        raise
+
+
+def _redirect_stdio(error_log: str) -> None:
+    try:
+        redirect_stdio(error_log)
+    except OSError as exc:
+        raise StartupError(f"cannot open log file {error_log}: {exc.strerror}") from None
 
 
 def _open_logs(cfg: config_mod.Config) -> Logs:

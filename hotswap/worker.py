@@ -194,6 +194,7 @@ class Worker:
         signal.signal(signal.SIGWINCH, self._on_winch)
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # blocked since fork_worker, see there
 
     def _on_term(self, signum: int, frame: Any) -> None:
         if os.getppid() != self.spec.master_pid:

@@ -9,6 +9,7 @@ shared memory or files.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,17 +68,27 @@ class WorkerHandle:
 
 def fork_worker(spec_for: Callable[[int], worker_mod.WorkerSpec], epoch: int,
                 in_child: Callable[[], None]) -> WorkerHandle:
-    """Fork one worker; in the child, `in_child` drops master-only state, then it serves."""
+    """Fork one worker; in the child, `in_child` drops master-only state, then it serves.
+
+    Signals are blocked across the fork, and stay blocked in the child until the worker
+    installed its own handlers (worker.Worker._install_signals unblocks them): in
+    between, the master's handlers are gone and a USR1 or HUP would kill the new worker
+    by its default action. A signal that comes meanwhile waits and is handled then.
+    """
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_fd)
-            in_child()
-            spec = spec_for(write_fd)
-        except BaseException:
-            os._exit(1)
-        worker_mod.run(spec)  # never returns
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(read_fd)
+                in_child()
+                spec = spec_for(write_fd)
+            except BaseException:
+                os._exit(1)
+            worker_mod.run(spec)  # never returns
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # the parent's, as before
     os.close(write_fd)
     os.set_blocking(read_fd, False)
     return WorkerHandle(pid=pid, fd=read_fd, epoch=epoch)
@@ -86,8 +97,6 @@ def fork_worker(spec_for: Callable[[int], worker_mod.WorkerSpec], epoch: int,
 def describe_exit(status: int) -> str:
     """`exited with status 3` / `killed by signal 9 (SIGKILL)`, for the error log."""
     if os.WIFSIGNALED(status):
-        import signal
-
         sig = os.WTERMSIG(status)
         try:
             name = signal.Signals(sig).name

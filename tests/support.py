@@ -210,3 +210,117 @@ def http_raw(port: int, data: bytes, host: str = "127.0.0.1", timeout: float = 5
             if not read_until_close:
                 break
         return b"".join(chunks)
+
+
+# -- process trees, README blocks (keeper, daemon, fd tests) ------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, parent pid) of `pid`, or None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root` (zombies included), by walking /proc's parent links."""
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = proc_stat(int(name))
+            if stat is not None:
+                parents[int(name)] = stat[1]
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        kids = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+def zombies_below(root: int) -> list[int]:
+    return [pid for pid in descendants(root) if (proc_stat(pid) or ("?", 0))[0] == "Z"]
+
+
+def masters_below(root: int) -> list[int]:
+    """Live `hotswap: master` processes below `root` (a keeper, a pid namespace's init)."""
+    return [pid for pid in descendants(root)
+            if (procs.cmdline(pid) or "").startswith("hotswap: master")
+            and (proc_stat(pid) or ("Z", 0))[0] != "Z"]
+
+
+def readme_block(lang: str, must_contain: str) -> str:
+    """The README's fenced ```lang block that contains `must_contain` (tests use the
+    documented configuration itself, so the documentation cannot rot)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    blocks = text.split("```" + lang + "\n")[1:]
+    for block in blocks:
+        body = block.split("```", 1)[0]
+        if must_contain in body:
+            return body
+    raise AssertionError(f"README has no ```{lang} block containing {must_contain!r}")
+
+
+def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a hotswap command run by a test: this worktree first on the path."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+class Daemons:
+    """Runs `hotswap start -D`; teardown kills every daemon it can find, by pid."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.pidfiles: list[Path] = []
+        self.pids: set[int] = set()
+
+    def start(self, *args: str, cwd: Path | None = None,
+              pidfile: Path | None = None) -> subprocess.CompletedProcess[str]:
+        pidfile = pidfile or self.tmp / "hotswap.pid"
+        self.pidfiles.append(pidfile)
+        before = set(_masters_titled())
+        try:
+            return subprocess.run([sys.executable, "-m", "hotswap", "start", "--daemon", *args],
+                                  cwd=cwd or self.tmp, env=python_env(), capture_output=True,
+                                  text=True, timeout=60, stdin=subprocess.DEVNULL)
+        finally:
+            self.pids |= {pid for pid in _masters_titled() if pid not in before
+                          and _started_in(pid, self.tmp)}
+
+    def close(self) -> None:
+        pids = set(self.pids)
+        for path in self.pidfiles:
+            try:
+                pids.add(int(path.read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        for pid in pids:
+            if procs.is_hotswap_master(pid):
+                family = descendants(pid)
+                for target in [pid, *family]:
+                    try:
+                        os.kill(target, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+
+def _masters_titled() -> list[int]:
+    return [int(n) for n in os.listdir("/proc") if n.isdigit()
+            and (procs.cmdline(int(n)) or "").startswith("hotswap: master")]
+
+
+def _started_in(pid: int, tmp: Path) -> bool:
+    """Ours, not another test's (other suites may run on this machine at the same time)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd").startswith(str(tmp))
+    except OSError:
+        return False

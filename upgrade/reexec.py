@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from .names import ENV_FDS, ENV_GENERATION, ENV_PARENT_PID, ENV_READY_FD
+from .names import ENV_FDS, ENV_GENERATION, ENV_KEEPER_FD, ENV_PARENT_PID, ENV_READY_FD
 from .readiness import fold_line
 
 __all__ = [
@@ -120,6 +120,36 @@ def _restore_default_signals() -> None:
             pass  # not settable here; exec will reset it if it was handled
 
 
+def _passed_fds(listen_fds: Sequence[int], write_fd: int, environ: Mapping[str, str]) -> list[int]:
+    """What crosses the exec besides 0-2: the listeners, the readiness pipe, the keeper's fd."""
+    fds = [*listen_fds, write_fd]
+    keeper = environ.get(ENV_KEEPER_FD, "")
+    if keeper.isdigit():
+        fds.append(int(keeper))
+    return sorted(set(fds))
+
+
+def _close_all_but(kept: Sequence[int]) -> None:
+    """Close every fd above 2 that is not passed on on purpose.
+
+    O_CLOEXEC is not enough: an fd inherited from the shell or the supervisor, or opened
+    by a C extension of a --preload app without it, would otherwise pass to every new
+    generation, and pile up over upgrades."""
+    low = 3
+    for fd in sorted(fd for fd in kept if fd >= 3):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _fd_limit())
+
+
+def _fd_limit() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 65536
+
+
 def _describe(exc: BaseException) -> str:
     """The part of an error an operator needs: "No such file or directory"."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -149,9 +179,12 @@ def _run_child(
     failing = "cannot reset signal handlers"
     try:
         _restore_default_signals()
-        for fd in (*listen_fds, write_fd):
+        passed = _passed_fds(listen_fds, write_fd, environ)
+        for fd in passed:
             failing = f"cannot pass fd {fd} to the new master"
             os.set_inheritable(fd, True)  # same number on the other side: no dup
+        failing = "cannot close the fds the new master must not get"
+        _close_all_but(passed)
         failing = f"cannot chdir to {cwd}"
         os.chdir(cwd)
         failing = "cannot unblock signals"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import site
 import sys
 import threading
 import time
@@ -123,7 +124,10 @@ def test_interpreter_gone_at_exec_time(served, tmp_path: Path) -> None:
     python = tmp_path / "bin" / "python"
     python.parent.mkdir()
     python.symlink_to(os.path.realpath(sys.executable))
-    rig = served(python=str(python))
+    # In a virtualenv, realpath() is the base interpreter, which does not see the venv's
+    # packages (the venv is found next to the path run, not the one linked to): lend them.
+    packages = [*site.getsitepackages(), os.environ.get("PYTHONPATH", "")]
+    rig = served(python=str(python), env={"PYTHONPATH": os.pathsep.join(p for p in packages if p)})
     python.unlink()  # the deploy removed the old virtualenv
     rig.new_app("v2")
     for tool in ("cli", "script"):
