@@ -463,6 +463,9 @@ class Arbiter:
         self._resume_all()
         announce_master(self.pid)  # the keeper's signals come back to us at once
         upgrade.phase = "rolling back"
+        if self.pidfile is not None:  # we serve again: PIDFILE says so before the record does
+            self._pidfile_op(self.pidfile.restore, self.pid, upgrade.pid)
+            self._pidfile_op(self.pidfile.remove_oldbin_if_ours, self.pid)
         self.records.update(upgrade.record, names.STATE_ROLLED_BACK, reason)
         self._signal(upgrade.pid, signal.SIGQUIT)  # graceful: we serve the same sockets
         notify.notify_ready(main_pid=self.pid, status=f"upgrade rolled back: {reason}")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pidfiles import Pidfile, PidfileError, procs
+from pidfiles import Pidfile, procs
 
 from . import names, record
 from .record import UpgradeRecord
@@ -86,19 +86,11 @@ def run_upgrade(
 
 
 def find_master(pf: Pidfile) -> tuple[int | None, str]:
-    """The live master PIDFILE names, or None and what was found instead."""
-    try:
-        pid = pf.read()
-    except PidfileError as exc:
-        return None, str(exc)
-    if pid is None:
-        return None, f"no running master: {pf.path} is missing or empty"
-    if not procs.is_alive(pid):
-        return None, f"no running master: {pf.path} names {pid}, which is not alive"
-    if not procs.is_hotswap_master(pid):
-        return None, (f"no running master: {pf.path} names {pid}, which is not a hotswap "
-                      f"master (it is: {procs.cmdline(pid) or '?'}); nothing was signalled")
-    return pid, ""
+    """The live master PIDFILE names, or None and what was found instead (never signalled)."""
+    found = pf.identify()
+    if not found.is_master or found.pid is None:
+        return None, f"no running master: {found.message}; nothing was signalled"
+    return found.pid, ""
 
 
 def _follow(path: str, m1: int, before_id: str | None, timeout: float, interval: float,

@@ -123,9 +123,6 @@ def test_stale_pidfile_and_oldbin_naming_strangers_get_no_signal(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="upgrade/orchestrator.find_master (the lead's) checks the "
-                   "title only, not the start time against PIDFILE's mtime: it should use "
-                   "Pidfile.identify(); strict, so the fix turns this red until the mark goes")
 def test_hotswap_upgrade_sends_no_usr2_to_an_impostor(strangers: Strangers, tmp_path: Path) -> None:
     impostor = strangers.impostor()
     pidfile = tmp_path / "hotswap.pid"
