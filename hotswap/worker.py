@@ -320,16 +320,6 @@ class Worker:
         self._leave_by_deadline()
         self._begin_stop()
 
-    def _close_idle(self) -> None:
-        for conn in list(self.conns.values()):
-            if self._idle(conn) and not conn.waiting():
-                self._close(conn)
-
-    def _idle(self, conn: Connection) -> bool:
-        """A kept-alive connection between requests, with no part of the next one parsed."""
-        return (conn.served and not conn.busy and not conn.lingering and not conn.parser.ready
-                and not conn.parser.in_message and conn.head_started is None)
-
     def _begin_stop(self) -> None:
         """Retire: stop accepting at once, finish what we hold, then leave."""
         if self.stop_at is not None:
@@ -338,10 +328,6 @@ class Worker:
         self.site.closing = True
         self._sync_accept()
         taken = 0 if self.parked else self._take_queued()
-        if self.parked:
-            # TERM on a parked worker means its generation is done: no client comes back
-            # to an idle kept-alive connection in time to matter, so leave at once.
-            self._close_idle()
         for listener in self.listeners.values():
             listener.sock.close()
         self.listeners = {}
