@@ -46,6 +46,7 @@ from .handover import Handover, RecordKeeper
 from .keeper import announce_master
 from .logs import Logs
 from .proctitle import set_title
+from .reaping import reaped
 from .signals import SignalQueue
 from .worker import BOOT_FAILED, WorkerSpec
 from .workers import WorkerHandle, describe_exit, fork_worker
@@ -567,13 +568,7 @@ class Arbiter:
     # -- workers ----------------------------------------------------------------------
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reaped():
             if pid in self.workers:
                 self._worker_exited(self.workers.pop(pid), status)
             elif self.upgrade is not None and pid == self.upgrade.pid:

@@ -32,6 +32,7 @@ from upgrade.names import ENV_KEEPER_FD
 
 from . import daemonpipe
 from .proctitle import set_title
+from .reaping import reaped
 
 FORWARDED = (
     signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
@@ -199,13 +200,7 @@ class Keeper:
             pass
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reaped():
             if pid == self.current:
                 self.status = os.waitstatus_to_exitcode(status)
                 if self.status < 0:  # killed by a signal: report it as a shell would
