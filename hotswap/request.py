@@ -146,8 +146,12 @@ class RequestParser:
         end = self._find_head_end()
         if end is None:
             return False
-        head = bytes(self._buf[:end])
-        del self._buf[:end]
+        if end == len(self._buf):  # the usual case: nothing pipelined behind this head
+            head = bytes(self._buf)
+            self._buf.clear()
+        else:
+            head = bytes(self._buf[:end])
+            del self._buf[:end]
         self._scan = self._lines = 0
         req = parse_head(head, self._head)
         self.ready.append(req)
@@ -174,7 +178,7 @@ class RequestParser:
         """End offset of the head in the buffer, checking each line's limit as it arrives."""
         buf = self._buf
         if self._lines == 0 and self._scan == 0:
-            while buf[:2] == b"\r\n":
+            while buf.startswith(b"\r\n"):
                 del buf[:2]  # RFC 9112 §2.2: empty lines before a request line are ignored
         end = self._whole_head_end()
         if end is not None:
@@ -268,6 +272,8 @@ def _normalise_request_line(line: bytes) -> tuple[bytes, str | None, str | None]
     - RFC 9112 §2.3: HTTP/1.x with x > 1 is processed as HTTP/1.1.
     Anything else goes to llhttp untouched, to be judged there.
     """
+    if line.endswith(_PLAIN_VERSIONS) and line[:line.find(b" ")] in _PLAIN_METHODS:
+        return line, None, None  # the common case, decided without the regex below
     match = _REQUEST_LINE.fullmatch(line)
     if match is None:
         return line, None, None
@@ -280,6 +286,11 @@ def _normalise_request_line(line: bytes) -> tuple[bytes, str | None, str | None]
     fed_method = method if known else b"GET"
     return (fed_method + b" " + target + b" HTTP/" + fed_version + b"\r\n",
             method.decode("ascii"), version)
+
+
+# Methods llhttp knows and versions it takes as they are: such a line is never rewritten.
+_PLAIN_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))
+_PLAIN_VERSIONS = (b" HTTP/1.1\r\n", b" HTTP/1.0\r\n")
 
 
 @lru_cache(maxsize=128)
