@@ -181,7 +181,8 @@ def build_environ(site: Site, conn: Connection, req: Request, stream: InputStrea
     """
     environ = site.base_environ.copy()
     environ["REQUEST_METHOD"] = req.method
-    environ["PATH_INFO"] = unquote_to_bytes(req.path).decode("latin-1")
+    path = req.path
+    environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
     environ["QUERY_STRING"] = req.query.decode("latin-1")
     environ["RAW_URI"] = req.target.decode("latin-1")
     environ["SERVER_PROTOCOL"] = f"HTTP/{req.version}"
