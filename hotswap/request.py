@@ -235,12 +235,12 @@ def parse_head(head: bytes, collector: _Head | None = None) -> Request:
     head did not leave llhttp exactly at the start of a new message.
     """
     line_end = head.index(b"\n") + 1
-    line, method, version = _normalise_request_line(head[:line_end])
+    fed, method, version = _normalise_request_line(head[:line_end])
     if collector is None:
         collector = _Head()
-    parser = collector.begin()
+    parser = collector.begin(read_line=method is None)
     try:
-        parser.feed_data(line + head[line_end:] if method or version else head)
+        parser.feed_data(head if fed is None else fed + head[line_end:])
     except httptools.HttpParserUpgrade:
         collector.reusable = False  # Upgrade/CONNECT: llhttp stops after the head
     except httptools.HttpParserError as exc:
@@ -264,28 +264,33 @@ def parse_head(head: bytes, collector: _Head | None = None) -> Request:
     return req
 
 
-def _normalise_request_line(line: bytes) -> tuple[bytes, str | None, str | None]:
+def _normalise_request_line(line: bytes) -> tuple[bytes | None, str | None, str | None]:
     """What llhttp wrongly refuses, made acceptable to it without changing the meaning.
 
     - RFC 9110 §9.1: a method is any token; llhttp knows a fixed list. An unknown token is
       given to llhttp as GET (request framing never depends on the method) and kept.
     - RFC 9112 §2.3: HTTP/1.x with x > 1 is processed as HTTP/1.1.
     Anything else goes to llhttp untouched, to be judged there.
+
+    Returns the line to give llhttp instead (None: the line as it is) and the method and
+    version the request has, read here from the line (asking llhttp for them costs more);
+    both None when the line does not parse, for llhttp to judge and report.
     """
-    if line.endswith(_PLAIN_VERSIONS) and line[:line.find(b" ")] in _PLAIN_METHODS:
-        return line, None, None  # the common case, decided without the regex below
+    space = line.find(b" ")
+    if line.endswith(_PLAIN_VERSIONS) and line[:space] in _PLAIN_METHODS:
+        # the common case, decided without the regex below
+        return None, line[:space].decode("ascii"), line[-5:-2].decode("ascii")
     match = _REQUEST_LINE.fullmatch(line)
     if match is None:
-        return line, None, None
+        return None, None, None
     method, target, major, minor = match.groups()
     known = _llhttp_knows(method)
-    if known and not (major == b"1" and minor > b"1"):
-        return line, None, None
-    version = "1.1" if major == b"1" and minor > b"1" else None
-    fed_version = b"1.1" if version else major + b"." + minor
-    fed_method = method if known else b"GET"
-    return (fed_method + b" " + target + b" HTTP/" + fed_version + b"\r\n",
-            method.decode("ascii"), version)
+    newer = major == b"1" and minor > b"1"
+    version = b"1.1" if newer else major + b"." + minor
+    fed = None
+    if newer or not known:
+        fed = (method if known else b"GET") + b" " + target + b" HTTP/" + version + b"\r\n"
+    return fed, method.decode("ascii"), version.decode("ascii")
 
 
 # Methods llhttp knows and versions it takes as they are: such a line is never rewritten.
@@ -316,6 +321,7 @@ class _Head:
     def __init__(self) -> None:
         self.parser: httptools.HttpRequestParser | None = None
         self.reusable = False
+        self.read_line = True
         self._reset()
 
     def _reset(self) -> None:
@@ -327,9 +333,11 @@ class _Head:
         self.method = ""
         self.version = ""
 
-    def begin(self) -> httptools.HttpRequestParser:
-        """Ready for a new head: the parser to feed it to."""
+    def begin(self, read_line: bool = True) -> httptools.HttpRequestParser:
+        """Ready for a new head: the parser to feed it to. `read_line`: ask llhttp for the
+        method and version (not needed when the caller read them from the request line)."""
         self._reset()
+        self.read_line = read_line
         if self.parser is None or not self.reusable:
             self.parser = httptools.HttpRequestParser(self)
         self.reusable = False
@@ -348,8 +356,9 @@ class _Head:
         if self.parser is not None:
             self.keep_alive = self.parser.should_keep_alive()
             self.upgrade = self.parser.should_upgrade()
-            self.method = self.parser.get_method().decode("ascii")
-            self.version = self.parser.get_http_version()
+            if self.read_line:
+                self.method = self.parser.get_method().decode("ascii")
+                self.version = self.parser.get_http_version()
 
     def on_message_complete(self) -> None:
         self.reusable = self.keep_alive and not self.upgrade
