@@ -101,9 +101,10 @@ def _check_item(item: object) -> tuple[str, str, str, bool]:
         raise BadResponse(f"malformed value for response header {name!r}")
     value = value.strip(" \t")  # RFC 9110 §5.5: no leading/trailing whitespace
     verdict = (name, value, name.lower(), _is_latin1(value))
-    if len(_checked_items) >= _CHECKED_ITEMS_MAX:
-        _checked_items.clear()
-    _checked_items[item] = verdict
+    if len(name) + len(value) <= 256:  # short ones only: the cache stays small
+        if len(_checked_items) >= _CHECKED_ITEMS_MAX:
+            _checked_items.clear()
+        _checked_items[item] = verdict
     return verdict
 
 
