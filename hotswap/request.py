@@ -106,6 +106,9 @@ class RequestParser:
         self._current: Request | None = None  # the request whose body is being received
         self._body: _Body | None = None
         self._done = False  # after an Upgrade/CONNECT request: nothing more is HTTP/1.1
+        # A head no longer than this has no line over any limit (see _whole_head_end)
+        self._plain_size = min(limits.request_line, limits.field_size - 2)
+        self._head = _Head()  # llhttp, reused from one head to the next while that is safe
 
     @property
     def in_message(self) -> bool:
@@ -143,10 +146,14 @@ class RequestParser:
         end = self._find_head_end()
         if end is None:
             return False
-        head = bytes(self._buf[:end])
-        del self._buf[:end]
+        if end == len(self._buf):  # the usual case: nothing pipelined behind this head
+            head = bytes(self._buf)
+            self._buf.clear()
+        else:
+            head = bytes(self._buf[:end])
+            del self._buf[:end]
         self._scan = self._lines = 0
-        req = parse_head(head)
+        req = parse_head(head, self._head)
         self.ready.append(req)
         if req.chunked:
             self._current, self._body = req, _Chunked(self.limits)
@@ -171,8 +178,11 @@ class RequestParser:
         """End offset of the head in the buffer, checking each line's limit as it arrives."""
         buf = self._buf
         if self._lines == 0 and self._scan == 0:
-            while buf[:2] == b"\r\n":
+            while buf.startswith(b"\r\n"):
                 del buf[:2]  # RFC 9112 §2.2: empty lines before a request line are ignored
+        end = self._whole_head_end()
+        if end is not None:
+            return end
         while True:
             nl = buf.find(b"\n", self._scan)
             if nl < 0:
@@ -192,6 +202,22 @@ class RequestParser:
             if self._lines - 1 > self.limits.fields:
                 raise HttpError(431, "too many request header fields")
 
+    def _whole_head_end(self) -> int | None:
+        """The common case in one pass: the whole head is in the buffer and plainly within
+        every limit (all of it shorter than the shortest line limit, CRLF line ends only,
+        a well-formed request line). None sends anything else through the line-by-line
+        scan, which decides it (and words its refusal) exactly as before."""
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 or end > self._plain_size:
+            return None
+        end += 4
+        crlfs = buf.count(b"\r\n", 0, end)
+        if (buf.count(b"\n", 0, end) != crlfs or crlfs - 2 > self.limits.fields
+                or not _REQUEST_LINE.match(buf, 0, end)):
+            return None
+        return end
+
     def _check_line(self, length: int) -> None:
         """gunicorn's limits, counted the same way: whole lines, CRLF excluded."""
         if self._lines == 0:
@@ -201,54 +227,75 @@ class RequestParser:
             raise HttpError(431, "request header field too large")
 
 
-def parse_head(head: bytes) -> Request:
-    """One complete head (request line to blank line) into a checked Request."""
+def parse_head(head: bytes, collector: _Head | None = None) -> Request:
+    """One complete head (request line to blank line) into a checked Request.
+
+    `collector` lets a connection reuse its llhttp parser from head to head (creating one
+    is a good part of parsing a small head); it hands out a fresh one whenever the last
+    head did not leave llhttp exactly at the start of a new message.
+    """
     line_end = head.index(b"\n") + 1
-    line, method, version = _normalise_request_line(head[:line_end])
-    collector = _Head()
-    parser = collector.parser = httptools.HttpRequestParser(collector)
+    fed, method, version = _normalise_request_line(head[:line_end])
+    if collector is None:
+        collector = _Head()
+    parser = collector.begin(read_line=method is None)
     try:
-        parser.feed_data(line + head[line_end:])
+        parser.feed_data(head if fed is None else fed + head[line_end:])
     except httptools.HttpParserUpgrade:
-        pass  # Upgrade/CONNECT: llhttp stops after the head; framing is ours anyway
+        collector.reusable = False  # Upgrade/CONNECT: llhttp stops after the head
     except httptools.HttpParserError as exc:
+        collector.reusable = False
         # Once the head is complete, llhttp's remaining checks are about body framing,
         # which _read_framing decides (more strictly, with 501 for unknown codings).
         if not collector.complete:
             raise HttpError(400, f"bad request: {exc}") from None
     if not collector.complete:
+        collector.reusable = False
         raise HttpError(400, "bad request: incomplete head")
-    req = Request(method=method or parser.get_method().decode("ascii"), target=collector.url,
-                  version=version or parser.get_http_version(), headers=collector.headers)
+    req = Request(method=method or collector.method, target=collector.url,
+                  version=version or collector.version, headers=collector.headers)
     _check_version(req.version)
     req.upgrade = collector.upgrade
     req.keep_alive = collector.keep_alive and not req.upgrade and req.method != "CONNECT"
     _read_target(req)
-    _read_host(req)
-    _read_framing(req)
+    fields = _singletons(req.headers)
+    _read_host(fields)
+    _read_framing(req, fields)
     return req
 
 
-def _normalise_request_line(line: bytes) -> tuple[bytes, str | None, str | None]:
+def _normalise_request_line(line: bytes) -> tuple[bytes | None, str | None, str | None]:
     """What llhttp wrongly refuses, made acceptable to it without changing the meaning.
 
     - RFC 9110 §9.1: a method is any token; llhttp knows a fixed list. An unknown token is
       given to llhttp as GET (request framing never depends on the method) and kept.
     - RFC 9112 §2.3: HTTP/1.x with x > 1 is processed as HTTP/1.1.
     Anything else goes to llhttp untouched, to be judged there.
+
+    Returns the line to give llhttp instead (None: the line as it is) and the method and
+    version the request has, read here from the line (asking llhttp for them costs more);
+    both None when the line does not parse, for llhttp to judge and report.
     """
+    space = line.find(b" ")
+    if line.endswith(_PLAIN_VERSIONS) and line[:space] in _PLAIN_METHODS:
+        # the common case, decided without the regex below
+        return None, line[:space].decode("ascii"), line[-5:-2].decode("ascii")
     match = _REQUEST_LINE.fullmatch(line)
     if match is None:
-        return line, None, None
+        return None, None, None
     method, target, major, minor = match.groups()
     known = _llhttp_knows(method)
-    if known and not (major == b"1" and minor > b"1"):
-        return line, None, None
-    version = "1.1" if major == b"1" and minor > b"1" else None
-    fed_version = b"1.1" if version else major + b"." + minor
-    fed_method = method if known else b"GET"
-    return (fed_method + b" " + target + b" HTTP/" + fed_version + b"\r\n",
-            method.decode("ascii"), version)
+    newer = major == b"1" and minor > b"1"
+    version = b"1.1" if newer else major + b"." + minor
+    fed = None
+    if newer or not known:
+        fed = (method if known else b"GET") + b" " + target + b" HTTP/" + version + b"\r\n"
+    return fed, method.decode("ascii"), version.decode("ascii")
+
+
+# Methods llhttp knows and versions it takes as they are: such a line is never rewritten.
+_PLAIN_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))
+_PLAIN_VERSIONS = (b" HTTP/1.1\r\n", b" HTTP/1.0\r\n")
 
 
 @lru_cache(maxsize=128)
@@ -264,15 +311,37 @@ def _llhttp_knows(method: bytes) -> bool:
 
 
 class _Head:
-    """httptools protocol that collects one head (or one trailer section)."""
+    """httptools protocol that collects one head (or one trailer section).
+
+    The parser it owns is reused for the next head only when llhttp reported the message
+    complete and kept alive: it is then back at the start of a message, exactly as a new
+    one. Anything else (a body follows, an error, an upgrade, a close) retires it.
+    """
 
     def __init__(self) -> None:
+        self.parser: httptools.HttpRequestParser | None = None
+        self.reusable = False
+        self.read_line = True
+        self._reset()
+
+    def _reset(self) -> None:
         self.url = b""
         self.headers: list[tuple[str, str]] = []
         self.complete = False
         self.keep_alive = False
         self.upgrade = False
-        self.parser: httptools.HttpRequestParser | None = None
+        self.method = ""
+        self.version = ""
+
+    def begin(self, read_line: bool = True) -> httptools.HttpRequestParser:
+        """Ready for a new head: the parser to feed it to. `read_line`: ask llhttp for the
+        method and version (not needed when the caller read them from the request line)."""
+        self._reset()
+        self.read_line = read_line
+        if self.parser is None or not self.reusable:
+            self.parser = httptools.HttpRequestParser(self)
+        self.reusable = False
+        return self.parser
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -287,6 +356,12 @@ class _Head:
         if self.parser is not None:
             self.keep_alive = self.parser.should_keep_alive()
             self.upgrade = self.parser.should_upgrade()
+            if self.read_line:
+                self.method = self.parser.get_method().decode("ascii")
+                self.version = self.parser.get_http_version()
+
+    def on_message_complete(self) -> None:
+        self.reusable = self.keep_alive and not self.upgrade
 
 
 def _check_version(version: str) -> None:
@@ -327,25 +402,39 @@ def _read_target(req: Request) -> None:
         raise HttpError(400, "bad request: malformed request target")
 
 
-def _read_host(req: Request) -> None:
+def _singletons(headers: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """The values of the few fields the server itself reads, by lowercase name, in one
+    pass over the head (instead of one scan per field)."""
+    found: dict[str, list[str]] = {}
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _SERVER_FIELDS:
+            found.setdefault(lname, []).append(value)
+    return found
+
+
+_SERVER_FIELDS = frozenset(("host", "content-type", "content-length", "transfer-encoding", "expect"))
+
+
+def _read_host(fields: dict[str, list[str]]) -> None:
     """RFC 9112 §3.2: more than one Host, or an invalid one, is a 400.
 
     Content-Type is a singleton too (RFC 9110 §8.3): two of them leave the app guessing
     which one a proxy in front of it believed, so that is refused as well.
     """
-    if sum(1 for k, _ in req.headers if k.lower() == "content-type") > 1:
+    if len(fields.get("content-type", ())) > 1:
         raise HttpError(400, "bad request: more than one Content-Type header")
-    hosts = [v for k, v in req.headers if k.lower() == "host"]
+    hosts = fields.get("host", ())
     if len(hosts) > 1:
         raise HttpError(400, "bad request: more than one Host header")
     if hosts and not _HOST.fullmatch(hosts[0]):
         raise HttpError(400, "bad request: invalid Host header")
 
 
-def _read_framing(req: Request) -> None:
+def _read_framing(req: Request, fields: dict[str, list[str]]) -> None:
     """Decide how the body is framed and refuse anything ambiguous (request smuggling)."""
-    lengths = [v for k, v in req.headers if k.lower() == "content-length"]
-    codings = [v for k, v in req.headers if k.lower() == "transfer-encoding"]
+    lengths = fields.get("content-length")
+    codings = fields.get("transfer-encoding")
     if codings:
         if req.version == "1.0":
             # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
@@ -363,9 +452,9 @@ def _read_framing(req: Request) -> None:
         if len(lengths) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
             raise HttpError(400, "bad Content-Length")
         req.content_length = int(lengths[0])
-    expect = req.header("expect")
+    expect = fields.get("expect")
     if expect is not None:
-        if expect.lower() != "100-continue":
+        if expect[0].lower() != "100-continue":
             raise HttpError(417, "expectation failed")
         req.expect_continue = req.version == "1.1"
 

@@ -61,16 +61,9 @@ def check_head(status: object, headers: object) -> Head:
     checked: list[tuple[str, str]] = []
     content_length = None
     close = False
+    latin1 = _is_latin1(status)
     for item in headers:
-        if type(item) is not tuple or len(item) != 2:
-            raise BadResponse(f"response header {item!r} is not a (name, value) tuple")
-        name, value = item
-        if type(name) is not str or not _TOKEN.fullmatch(name):
-            raise BadResponse(f"malformed response header name {name!r}")
-        if type(value) is not str or _BAD_VALUE.search(value):
-            raise BadResponse(f"malformed value for response header {name!r}")
-        value = value.strip(" \t")  # RFC 9110 §5.5: no leading/trailing whitespace
-        lname = name.lower()
+        name, value, lname, item_latin1 = _check_item(item)
         if lname == "connection":
             close = close or "close" in value.lower()
             continue
@@ -80,16 +73,51 @@ def check_head(status: object, headers: object) -> Head:
             if not value.strip().isdigit():
                 raise BadResponse(f"malformed Content-Length {value!r}")
             content_length = int(value)
+        latin1 = latin1 and item_latin1
         checked.append((name, value))
-    try:
-        status.encode("latin-1")
-        for _name, value in checked:
-            value.encode("latin-1")
-    except UnicodeEncodeError:
-        raise BadResponse("response status and headers must be latin-1") from None
+    if not latin1:
+        raise BadResponse("response status and headers must be latin-1")
     if status[0] == "1":
         raise BadResponse(f"{status!r} is an interim status, not a final response")
     return Head(status, int(status[:3]), checked, content_length, close)
+
+
+def _check_item(item: object) -> tuple[str, str, str, bool]:
+    """One header's syntax checked: (name, stripped value, lowercase name, is latin-1).
+
+    Apps send the same header tuples over and over, so the verdict on a well-typed one
+    is kept (a bounded cache): checking it afresh was most of a small response's cost.
+    """
+    if type(item) is tuple and len(item) == 2 and type(item[0]) is str and type(item[1]) is str:
+        known = _checked_items.get(item)
+        if known is not None:
+            return known
+    if type(item) is not tuple or len(item) != 2:
+        raise BadResponse(f"response header {item!r} is not a (name, value) tuple")
+    name, value = item
+    if type(name) is not str or not _TOKEN.fullmatch(name):
+        raise BadResponse(f"malformed response header name {name!r}")
+    if type(value) is not str or _BAD_VALUE.search(value):
+        raise BadResponse(f"malformed value for response header {name!r}")
+    value = value.strip(" \t")  # RFC 9110 §5.5: no leading/trailing whitespace
+    verdict = (name, value, name.lower(), _is_latin1(value))
+    if len(name) + len(value) <= 256:  # short ones only: the cache stays small
+        if len(_checked_items) >= _CHECKED_ITEMS_MAX:
+            _checked_items.clear()
+        _checked_items[item] = verdict
+    return verdict
+
+
+_checked_items: dict[tuple[str, str], tuple[str, str, str, bool]] = {}
+_CHECKED_ITEMS_MAX = 1024
+
+
+def _is_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class DateCache:

@@ -181,7 +181,8 @@ def build_environ(site: Site, conn: Connection, req: Request, stream: InputStrea
     """
     environ = site.base_environ.copy()
     environ["REQUEST_METHOD"] = req.method
-    environ["PATH_INFO"] = unquote_to_bytes(req.path).decode("latin-1")
+    path = req.path
+    environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
     environ["QUERY_STRING"] = req.query.decode("latin-1")
     environ["RAW_URI"] = req.target.decode("latin-1")
     environ["SERVER_PROTOCOL"] = f"HTTP/{req.version}"
@@ -191,15 +192,17 @@ def build_environ(site: Site, conn: Connection, req: Request, stream: InputStrea
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = conn.peer[0], str(conn.peer[1])
     else:
         environ["REMOTE_ADDR"] = ""
+    keys = _environ_keys
     for name, value in req.headers:
-        key = name.upper().replace("-", "_")
-        if "_" in name:
-            continue  # X_Foo would alias X-Foo: drop it rather than let it spoof
-        if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
-            environ[key] = value
+        key = keys.get(name)
+        if key is None:
+            key = _environ_key(name)
+        if not key:
             continue
-        key = "HTTP_" + key
-        environ[key] = environ[key] + "," + value if key in environ else value
+        if key in environ and key.startswith("HTTP_"):
+            environ[key] = environ[key] + "," + value
+        else:
+            environ[key] = value
     if req.chunked:
         environ.pop("CONTENT_LENGTH", None)
     if req.authority is not None:
@@ -214,6 +217,25 @@ def build_environ(site: Site, conn: Connection, req: Request, stream: InputStrea
             environ["SERVER_NAME"] = host
     site.proxies.apply(environ, conn.peer)
     return environ
+
+
+def _environ_key(name: str) -> str:
+    """A header field name's environ key ("" for a dropped one), remembered: clients send
+    the same few names on every request, and deriving the key was a good part of
+    building the environ."""
+    if "_" in name:
+        key = ""  # X_Foo would alias X-Foo: drop it rather than let it spoof
+    else:
+        key = name.upper().replace("-", "_")
+        if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+            key = "HTTP_" + key
+    if len(_environ_keys) < _ENVIRON_KEYS_MAX and len(name) <= 64:  # bounded, whatever is sent
+        _environ_keys[name] = key
+    return key
+
+
+_environ_keys: dict[str, str] = {}
+_ENVIRON_KEYS_MAX = 1024
 
 
 class ResponseWriter:

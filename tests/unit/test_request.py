@@ -366,3 +366,51 @@ def test_corpus_parses_the_same_in_any_split(path: Path) -> None:
     whole = _outcome(data, len(data) or 1)
     assert _outcome(data, 1) == whole
     assert _outcome(data, 7) == whole
+
+
+# -- the fast paths (one llhttp parser reused per connection, a whole head found at once) --
+
+MIXED = (
+    b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\n"
+    b"GET /d HTTP/1.1\r\nHost: x\r\nUpgrade-Insecure-Requests: 1\r\n\r\n"
+    b"PURGE /e HTTP/1.2\r\nHost: x\r\n\r\n"
+    b"GET /f HTTP/1.0\r\nHost: x\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("step", [None, 1, 7])
+def test_reused_parser_reads_each_pipelined_head_afresh(step: int | None) -> None:
+    """Heads after a body, a chunked body, an unknown method and a non-keep-alive head
+    each parse exactly as alone: nothing of one head's llhttp state leaks into the next."""
+    reqs = parse(MIXED, step=step)
+    assert [(r.method, r.path, r.version, r.keep_alive) for r in reqs] == [
+        ("GET", b"/a", "1.1", True), ("POST", b"/b", "1.1", True), ("PUT", b"/c", "1.1", True),
+        ("GET", b"/d", "1.1", True), ("PURGE", b"/e", "1.1", True), ("GET", b"/f", "1.0", False)]
+    assert [body(r) for r in reqs] == [b"", b"abc", b"de", b"", b"", b""]
+    assert [r.headers for r in reqs][3] == [("Host", "x"), ("Upgrade-Insecure-Requests", "1")]
+    assert all(r.complete and r.body_error is None for r in reqs)
+
+
+def test_llhttp_parser_is_reused_only_after_a_complete_kept_alive_message() -> None:
+    parser = RequestParser(Limits())
+    parser.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = parser._head.parser
+    parser.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert parser._head.parser is first  # a plain GET left llhttp at a message start
+    parser.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz")
+    parser.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert parser._head.parser is not first  # llhttp still waited for the POST's body
+    assert [r.method for r in parser.ready] == ["GET", "GET", "POST", "GET"]
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"GET / HTTP/1.1\r\nHost: x\nA: b\r\n\r\n", 400),  # a bare LF inside a whole head
+    (b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 101 + b"\r\n", 431),  # one field too many
+    (b"GET / HTTP/1.1\r\nA: " + b"b" * 8200 + b"\r\n\r\n", 431),  # longer than any limit
+    (b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # malformed request line
+])
+def test_whole_head_is_held_to_the_line_by_line_limits(head: bytes, status: int) -> None:
+    assert refusal(head).status == status
+    assert refusal(head, step=1).status == status
