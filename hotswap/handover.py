@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pidfiles import PidfileError
 from upgrade import names, record
 from upgrade.readiness import ReadinessReader
 from upgrade.record import UpgradeRecord
@@ -73,6 +74,8 @@ class RecordKeeper:
             record.write_state(self.pidfile, rec)
             if rec.final:
                 record.append_history(self.pidfile, rec)
+        except PidfileError as exc:
+            self.log_error("upgrade record: %s", exc)
         except OSError as exc:
             self.log_error("upgrade record: cannot write next to %s: %s", self.pidfile,
                            exc.strerror or exc)

@@ -21,7 +21,9 @@ from .pidfile import (
     Finding,
     Pidfile,
     PidfileError,
+    write_atomic,
 )
 
 __all__ = ["DEAD", "MASTER", "MISSING", "REUSED", "SAME", "STRANGER", "UNREADABLE",
-           "AlreadyRunning", "Finding", "Pidfile", "PidfileError", "procs"]
+           "AlreadyRunning", "Finding", "Pidfile", "PidfileError", "procs",
+           "write_atomic"]

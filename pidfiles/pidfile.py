@@ -207,7 +207,11 @@ def _replace(tmp: str, target: str, label: str) -> None:
         raise _write_error(target, label, err) from None
 
 
-def _write_atomic(target: str, content: str, label: str) -> None:
+def write_atomic(target: str, content: str, label: str = "file") -> None:
+    """Replace ``target`` with ``content`` so that a reader never sees half of it.
+
+    Raises PidfileError naming ``label`` and ``target``.
+    """
     _replace(_make_tmp(target, content, label), target, label)
 
 
@@ -421,11 +425,11 @@ class Pidfile:
 
     def write(self, pid: int) -> None:
         """Atomically make PIDFILE name ``pid`` (a new master when ready, or a rollback)."""
-        _write_atomic(self.path, f"{pid}\n", _PIDFILE)
+        write_atomic(self.path, f"{pid}\n", _PIDFILE)
 
     def write_oldbin(self, pid: int) -> None:
         """Atomically make PIDFILE.oldbin name ``pid`` (the old master, at USR2)."""
-        _write_atomic(self.oldbin_path, f"{pid}\n", _PIDFILE)
+        write_atomic(self.oldbin_path, f"{pid}\n", _PIDFILE)
 
     def restore(
         self,
@@ -471,7 +475,7 @@ class Pidfile:
         line so a shell ``read`` gets all of it.
         """
         line = f"{pid} {time.time():.6f} {_one_line(reason)}\n"
-        _write_atomic(self.failed_path, line, _FAILURE)
+        write_atomic(self.failed_path, line, _FAILURE)
 
     def read_failure(self) -> str | None:
         """The failure record exactly as written, or None if there is none."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pidfiles import Pidfile, procs
+from pidfiles import Pidfile, PidfileError, procs, write_atomic
 
 from . import names, record
 from .record import UpgradeRecord
@@ -71,10 +71,10 @@ def run_upgrade(
     before = record.read_state(path)
     if health_url:
         try:
-            _leave_request(path, {"health_url": health_url})
-        except OSError as exc:
-            return UpgradeReport(None, f"cannot leave the upgrade options next to {path}: "
-                                       f"{exc.strerror or exc}")
+            write_atomic(path + names.SUFFIX_REQUEST, json.dumps({"health_url": health_url}),
+                         "upgrade request")
+        except PidfileError as exc:
+            return UpgradeReport(None, str(exc))
     try:
         os.kill(m1, signal.SIGUSR2)
     except ProcessLookupError:
@@ -138,12 +138,3 @@ def _describe(rec: UpgradeRecord) -> str:
     if rec.state == names.STATE_WATCHING:
         return f"handover done in {rec.handover or 0:.2f} s; watch window runs"
     return rec.line()
-
-
-def _leave_request(path: str, options: dict[str, str]) -> None:
-    """Options for the master's next USR2; it consumes (removes) the file."""
-    target = path + names.SUFFIX_REQUEST
-    tmp = f"{target}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(options, fh)
-    os.replace(tmp, target)

@@ -16,9 +16,10 @@ Both are best effort: a master that cannot write them logs it and goes on servin
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
+
+from pidfiles import write_atomic
 
 from . import names
 
@@ -141,23 +142,13 @@ def read_state(pidfile: str) -> UpgradeRecord | None:
 
 
 def write_state(pidfile: str, record: UpgradeRecord) -> None:
-    """Replace PIDFILE.upgrade atomically (raises OSError; the caller logs it)."""
-    target = state_path(pidfile)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(record.state_line())
-        os.replace(tmp, target)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Replace PIDFILE.upgrade atomically (raises PidfileError; the caller logs it)."""
+    write_atomic(state_path(pidfile), record.state_line(), "upgrade record")
 
 
 def append_history(pidfile: str, record: UpgradeRecord) -> None:
-    """Add the finished upgrade to PIDFILE.history (raises OSError; the caller logs it)."""
+    """Add the finished upgrade to PIDFILE.history (raises OSError or PidfileError; the
+    caller logs it)."""
     path = history_path(pidfile)
     line = json.dumps(record.as_dict(), sort_keys=True) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
@@ -188,10 +179,7 @@ def read_history(pidfile: str, last: int = 10) -> list[dict[str, object]]:
 def _trim(path: str) -> None:
     with open(path, encoding="utf-8", errors="replace") as fh:
         lines = fh.readlines()
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(lines[len(lines) // 2:])
-    os.replace(tmp, path)
+    write_atomic(path, "".join(lines[len(lines) // 2:]), "upgrade history")
 
 
 def _opt(value: int | None, missing: str = "-") -> str:
