@@ -102,7 +102,7 @@ def _follow(path: str, m1: int, before_id: str | None, timeout: float, interval:
         if rec is not None and rec.id != before_id and rec.old == m1:
             if rec.state != seen_state:
                 seen_state = rec.state
-                step(_describe(rec))
+                step(rec.line())
             if rec.final:
                 if rec.state == names.STATE_COMMITTED:
                     _wait_gone(m1, min(5.0, max(0.0, deadline - time.monotonic())), interval)
@@ -126,15 +126,3 @@ def _timed_out(rec: UpgradeRecord | None, timeout: float) -> UpgradeReport:
     where = f"it is {rec.state}" if rec else "the master did not report it"
     return UpgradeReport(rec, f"upgrade not finished after {timeout:g} s ({where}); it goes on "
                               "in the server, which finishes or rolls it back by itself")
-
-
-def _describe(rec: UpgradeRecord) -> str:
-    if rec.state == names.STATE_STARTING:
-        return f"new master {rec.new} (generation {rec.generation}) starting"
-    if rec.state == names.STATE_READY:
-        return f"new master {rec.new} ready in {rec.ready or 0:.2f} s"
-    if rec.state == names.STATE_DRAINING:
-        return f"old workers of {rec.old} parked; finishing what they hold"
-    if rec.state == names.STATE_WATCHING:
-        return f"handover done in {rec.handover or 0:.2f} s; watch window runs"
-    return rec.line()

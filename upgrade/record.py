@@ -86,7 +86,7 @@ class UpgradeRecord:
         }
 
     def line(self) -> str:
-        """The one human line, worded the same by every client."""
+        """The one human line for any state, worded the same by every client."""
         if self.state == names.STATE_COMMITTED:
             return (f"upgraded: {self.old} -> {self.new} (generation {_opt(self.generation, '?')}), "
                     f"ready in {_human(self.ready)}, drained in {_human(self.drain)}, "
@@ -97,6 +97,18 @@ class UpgradeRecord:
             return f"upgrade failed, old master {self.old} still serving: {self.reason}"
         if self.state == names.STATE_REFUSED:
             return f"upgrade refused: {self.reason}"
+        return self._progress()
+
+    def _progress(self) -> str:
+        """Where a running upgrade stands, as `hotswap upgrade` prints each step."""
+        if self.state == names.STATE_STARTING:
+            return f"new master {self.new} (generation {self.generation}) starting"
+        if self.state == names.STATE_READY:
+            return f"new master {self.new} ready in {self.ready or 0:.2f} s"
+        if self.state == names.STATE_DRAINING:
+            return f"old workers of {self.old} parked; finishing what they hold"
+        if self.state == names.STATE_WATCHING:
+            return f"handover done in {self.handover or 0:.2f} s; watch window runs"
         return f"upgrade {self.id} is {self.state}"
 
 
