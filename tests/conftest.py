@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import MasterFactory  # noqa: E402
+from support import Daemons, MasterFactory  # noqa: E402
 
 
 @pytest.fixture
@@ -20,3 +20,12 @@ def masters(tmp_path: Path) -> Iterator[MasterFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    d = Daemons(tmp_path)
+    try:
+        yield d
+    finally:
+        d.close()

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -324,3 +325,28 @@ def _started_in(pid: int, tmp: Path) -> bool:
         return os.readlink(f"/proc/{pid}/cwd").startswith(str(tmp))
     except OSError:
         return False
+
+
+def send_sleep(port: int, folder: Path, seconds: float,
+               timeout: float = 30) -> tuple[threading.Thread, list]:
+    """GET /sleep?SECONDS on a thread; returns once the app has started sleeping.
+
+    The app (each test's own) leaves a `started-*` file in `folder` when the request
+    reaches it; the outcome (response or exception) lands in the returned list.
+    """
+    before = set(folder.glob("started-*"))
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(requests.get(f"http://127.0.0.1:{port}/sleep?{seconds}",
+                                        timeout=timeout))
+        except requests.RequestException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_for(lambda: set(folder.glob("started-*")) - before or outcome, 10,
+             what="the slow request to reach the app")
+    assert not outcome, f"the slow request ended early: {outcome!r}"
+    return thread, outcome

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ from pidfiles import procs
 APP = "def app(environ, start_response):\n" \
       "    start_response('200 OK', [('Content-Length', '2')])\n" \
       "    return [b'ok']\n"
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    d = Daemons(tmp_path)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 @pytest.mark.timeout(60)

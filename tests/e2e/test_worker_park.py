@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 from pathlib import Path
 
 import pytest
 import requests
-from support import free_port, wait_for, write_app
+from support import free_port, send_sleep, wait_for, write_app
 
 from pidfiles import procs
 
@@ -58,25 +57,6 @@ def start(masters, tmp_path: Path, *extra: str):
     return m, port, worker
 
 
-def slow_request(port: int, folder: Path, seconds: float) -> tuple[threading.Thread, list]:
-    """A request sleeping in the app; returns once the app has started it."""
-    before = set(folder.glob("started-*"))
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append(requests.get(f"http://127.0.0.1:{port}/sleep?{seconds}", timeout=20))
-        except requests.RequestException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    wait_for(lambda: set(folder.glob("started-*")) - before or outcome,
-             what="the slow request to reach the app")
-    assert not outcome, f"the slow request ended early: {outcome!r}"
-    return thread, outcome
-
-
 def parked_reports(log: str, worker: int) -> int:
     """How many times the worker logged that it said `P` (parked, holding nothing)."""
     return log.count(f"[{worker}] [DEBUG] parked and holding no connection")
@@ -92,7 +72,7 @@ def get_raw(sock: socket.socket) -> bytes:
 
 def test_parked_worker_finishes_in_flight_then_accepts_nothing_until_hup(masters, tmp_path):
     m, port, worker = start(masters, tmp_path)
-    thread, outcome = slow_request(port, tmp_path, 1.0)
+    thread, outcome = send_sleep(port, tmp_path, 1.0, timeout=20)
     os.kill(worker, signal.SIGWINCH)
     thread.join(15)
     [response] = outcome

@@ -15,13 +15,12 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from support import free_port, get, group_members, wait_for, write_app
+from support import free_port, get, group_members, send_sleep, wait_for, write_app
 
 from pidfiles import procs
 
@@ -46,24 +45,6 @@ def app(environ, start_response):
                               ("Content-Length", str(len(body)))])
     return [body]
 '''
-
-
-def send_sleep(port: int, folder: Path, seconds: float) -> tuple[threading.Thread, list]:
-    """A request that sleeps in the app; returns once the app has started sleeping."""
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append(requests.get(f"http://127.0.0.1:{port}/sleep?{seconds}", timeout=30))
-        except requests.RequestException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    wait_for(lambda: list(folder.glob("started-*")) or outcome, 10,
-             what="the slow request to reach the app")
-    assert not outcome, f"the slow request ended early: {outcome!r}"
-    return thread, outcome
 
 
 def test_killed_worker_is_replaced(masters, tmp_path: Path) -> None:
