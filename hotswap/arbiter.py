@@ -502,18 +502,11 @@ class Arbiter:
         notify.notify_ready(status=f"upgrade failed: {reason}")
 
     def _newer_exited(self, upgrade: Handover, status: int) -> None:
-        """The newer generation is gone after a rollback: we are the current master again."""
+        """The newer generation is gone after a rollback, which already put our workers,
+        PIDFILE, the keeper and systemd back: the upgrade is over."""
         self.upgrade = None
         self.log.warning("newer master %d %s; master %d is current again", upgrade.pid,
                          describe_exit(status), self.pid)
-        if self.pidfile is not None:
-            self._pidfile_op(self.pidfile.restore, self.pid, upgrade.pid)
-            self._pidfile_op(self.pidfile.remove_oldbin_if_ours, self.pid)
-        announce_master(self.pid)
-        if self.stopping is None:
-            notify.notify_ready(main_pid=self.pid)
-        if self.parked:
-            self._resume_all()
 
     def _close_reader(self, upgrade: Handover) -> None:
         if not upgrade.reader.closed:
