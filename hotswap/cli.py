@@ -87,7 +87,7 @@ def start(**params: Any) -> None:
         flags["bind"] = list(flags["bind"])
     if params.get("app"):
         flags["app"] = params["app"]
-    from .server import serve  # keeps `hotswap status` and friends light
+    from .master.server import serve  # keeps `hotswap status` and friends light
 
     try:
         code = serve(flags, keeper)

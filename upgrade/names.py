@@ -14,7 +14,7 @@ ENV_PARENT_PID = "HOTSWAP_PARENT_PID"
 ENV_READY_FD = "HOTSWAP_READY_FD"
 ENV_GENERATION = "HOTSWAP_GENERATION"
 ENV_FOREIGN_FDS = "HOTSWAP_FOREIGN_FDS"  # sockets made by someone else: never unlinked
-ENV_KEEPER_FD = "HOTSWAP_KEEPER_FD"  # write end to the keeper: "MASTER <pid>\n" (see hotswap.keeper)
+ENV_KEEPER_FD = "HOTSWAP_KEEPER_FD"  # write end to the keeper: "MASTER <pid>\n" (see hotswap.master.keeper)
 ENV_HEALTH_URL = "HOTSWAP_HEALTH_URL"  # `hotswap upgrade --health-url`, for this upgrade only
 
 # -- the readiness pipe (new master -> old master), one line per message --------------

@@ -191,7 +191,7 @@ def test_soak_keeps_the_upgrade_records_apart_from_leftovers() -> None:
 def test_http_date_matches_the_email_package() -> None:
     from email.utils import formatdate
 
-    from hotswap.response import http_date
+    from hotswap.http.response import http_date
 
     for stamp in (0, 784111777, 951782400, 1700000000, 4102444799):
         assert http_date(stamp) == formatdate(stamp, usegmt=True)

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from hotswap.exchange import DONE, SENDING, STARTED, Exchange
-from hotswap.request import Limits, Request, RequestParser
+from hotswap.http.exchange import DONE, SENDING, STARTED, Exchange
+from hotswap.http.request import Limits, Request, RequestParser
 
 CT = ("Content-Type", "text/plain")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hotswap.request import HttpError, Limits, Request, RequestParser
+from hotswap.http.request import HttpError, Limits, Request, RequestParser
 
 
 def parse(data: bytes, limits: Limits | None = None, step: int | None = None) -> list[Request]:

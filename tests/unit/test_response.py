@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from hotswap import response as resp
-from hotswap.response import BadResponse, check_head, chunk, error_response, serialize
+from hotswap.http import response as resp
+from hotswap.http.response import BadResponse, check_head, chunk, error_response, serialize
 
 CT = ("Content-Type", "text/plain")
 

@@ -1,7 +1,7 @@
 """WorkerSpec.parked, WorkerSpec.probe and the in-process health check, on a real worker.
 
 The test process plays the master: it opens the sockets, forks a worker with
-`hotswap.workers.fork_worker` and reads its status pipe. A worker born parked loads the
+`hotswap.master.handles.fork_worker` and reads its status pipe. A worker born parked loads the
 app, says `B`, and accepts nothing on the shared listener until HUP, while its probe
 listener is served all along; a WINCH later makes it say `P` once empty. A failing
 health check is a boot failure: `E<reason>` and exit status BOOT_FAILED.
@@ -23,8 +23,8 @@ _SPT_NOENV = os.environ.get("SPT_NOENV")
 
 from hotswap.config import Config  # noqa: E402
 from hotswap.logs import Logs  # noqa: E402
-from hotswap.worker import BOOT_FAILED, WorkerSpec  # noqa: E402
-from hotswap.workers import fork_worker  # noqa: E402
+from hotswap.master.handles import fork_worker  # noqa: E402
+from hotswap.worker.process import BOOT_FAILED, WorkerSpec  # noqa: E402
 from listeners import Listener, open_listener, parse_bind  # noqa: E402
 
 # Importing hotswap.proctitle sets SPT_NOENV in os.environ; children that later tests

@@ -6,7 +6,7 @@ import os
 
 _SPT_NOENV = os.environ.get("SPT_NOENV")
 
-from hotswap.workers import WorkerHandle  # noqa: E402
+from hotswap.master.handles import WorkerHandle  # noqa: E402
 
 # Importing hotswap.proctitle sets SPT_NOENV in os.environ; children that later tests
 # start must not inherit it (one of them checks what setproctitle does without it).

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import worker as worker_mod
+from ..worker import process as worker_mod
 
 
 @dataclass

@@ -20,8 +20,8 @@ import socket
 import struct
 import time
 
-from .request import Limits, RequestParser
-from .response import CONTINUE
+from ..http.request import Limits, RequestParser
+from ..http.response import CONTINUE
 
 RECV_SIZE = 65536
 LINGER_TIME = 2.0  # a lingering close ends this long after it began, whatever the client sends

@@ -25,7 +25,7 @@ from listeners import (
 from upgrade.names import ENV_FOREIGN_FDS, ENV_GENERATION, ENV_PARENT_PID
 from upgrade.readiness import ReadinessError, announce_failure, ready_fd_from_env
 
-from .errors import StartupError
+from ..errors import StartupError
 
 DEFAULT_BIND = "127.0.0.1:8000"
 

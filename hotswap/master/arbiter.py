@@ -29,11 +29,14 @@ from upgrade.readiness import ReadinessReader, announce_ready
 from upgrade.record import UpgradeRecord
 from upgrade.reexec import spawn_new_master
 
-from . import config as config_mod
-from . import paths
+from .. import config as config_mod
+from .. import paths
+from ..config import Config
+from ..errors import StartupError
+from ..logs import Logs
+from ..proctitle import set_title
+from ..worker.process import BOOT_FAILED, WorkerSpec
 from .boot import Lineage
-from .config import Config
-from .errors import StartupError
 from .gate import (
     GATE_ATTEMPTS,
     GATE_INTERVAL,
@@ -42,14 +45,11 @@ from .gate import (
     HealthProbe,
     Watch,
 )
+from .handles import WorkerHandle, describe_exit, fork_worker
 from .handover import Handover, RecordKeeper
 from .keeper import announce_master
-from .logs import Logs
-from .proctitle import set_title
 from .reaping import reaped
 from .signals import SignalQueue
-from .worker import BOOT_FAILED, WorkerSpec
-from .workers import WorkerHandle, describe_exit, fork_worker
 
 WAIT = 1.0
 FAST_STOP_GRACE = 2.0

@@ -17,20 +17,21 @@ from listeners import Listener, close_listener
 from pidfiles import AlreadyRunning, Pidfile, PidfileError
 from upgrade.reexec import original_argv, start_directory
 
-from . import config as config_mod
-from . import daemonpipe, keeper, paths
-from .apploader import load_app
+from .. import config as config_mod
+from .. import paths
+from ..apploader import load_app
+from ..errors import StartupError
+from ..logs import Logs, redirect_stdio
+from ..proctitle import set_title
+from . import daemonpipe, keeper
 from .arbiter import Arbiter
 from .boot import Lineage, open_listeners, read_lineage
-from .errors import StartupError
-from .logs import Logs, redirect_stdio
-from .proctitle import set_title
 
 
 def serve(flags: dict[str, Any], keeper_flag: bool | None = None) -> int:
     """Start a master with the options the operator gave; returns its exit status.
 
-    With a keeper (see hotswap.keeper), this process becomes the keeper and the master
+    With a keeper (see hotswap.master.keeper), this process becomes the keeper and the master
     runs in its child; the keeper returns the service's exit status.
     """
     start_dir = start_directory()  # before --chdir: the next generation starts from here

@@ -36,17 +36,17 @@ from typing import Any
 
 from listeners import Listener
 
-from . import response as resp
+from ..apploader import load_app
+from ..config import Config
+from ..errors import StartupError
+from ..http import response as resp
+from ..http.forwarded import TrustedProxies
+from ..http.request import HttpError, Limits
+from ..logs import Logs
+from ..proctitle import set_title
 from . import wsgi
-from .apploader import load_app
-from .config import Config
 from .connection import Connection
-from .errors import StartupError
-from .forwarded import TrustedProxies
 from .healthcheck import check_app
-from .logs import Logs
-from .proctitle import set_title
-from .request import HttpError, Limits
 
 BOOT_FAILED = 3  # exit status of a worker that could not load the app
 TICK = 1.0

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from . import response as resp
+from ..http import response as resp
+from ..http.exchange import IDLE, STARTED, Exchange
+from ..http.forwarded import TrustedProxies
+from ..http.request import HttpError, Request
 from .connection import Connection
-from .exchange import IDLE, STARTED, Exchange
-from .forwarded import TrustedProxies
-from .request import HttpError, Request
 
 MAX_DRAIN = 1 << 20  # unread body bytes worth reading to keep a connection alive
 

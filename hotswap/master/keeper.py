@@ -30,8 +30,8 @@ from collections.abc import Callable, MutableMapping
 from pidfiles import procs
 from upgrade.names import ENV_KEEPER_FD
 
+from ..proctitle import set_title
 from . import daemonpipe
-from .proctitle import set_title
 from .reaping import reaped
 
 FORWARDED = (
