@@ -5,7 +5,7 @@ A pidfile holds a bare pid (so ``kill $(cat P)`` works); who it names is judged 
 ``Pidfile.identify()``: a hotswap master is recognised by its exact process title and by
 having started before the file was written, never by a substring of its command line.
 
-Standalone but for ``upgrade.names`` (the protocol's titles and variable names).
+Standalone: imports nothing of hotswap, upgrade or listeners.
 """
 
 from . import procs

@@ -37,6 +37,10 @@ _PIDFILE = "pidfile"
 _FAILURE = "upgrade failure record"
 
 
+SUFFIX_OLDBIN = ".oldbin"  # names the old master while an upgrade runs
+SUFFIX_FAILED = ".upgrade-failed"  # "<pid> <unix time> <reason>" of the last failed upgrade
+
+
 class PidfileError(Exception):
     """A pidfile operation failed; str() is one line meant for an operator."""
 
@@ -282,8 +286,8 @@ class Pidfile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path: str = os.path.abspath(os.fsdecode(path))
-        self.oldbin_path: str = self.path + ".oldbin"
-        self.failed_path: str = self.path + ".upgrade-failed"
+        self.oldbin_path: str = self.path + SUFFIX_OLDBIN
+        self.failed_path: str = self.path + SUFFIX_FAILED
 
     def __repr__(self) -> str:
         return f"Pidfile({self.path!r})"

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import os
 
-from upgrade.names import ENV_PARENT_PID, TITLE_MASTER, TITLE_WORKER
+# Defined here, where they are checked; upgrade.names re-exports them with the rest of the
+# protocol's names.
+TITLE_MASTER = "hotswap: master"  # exact title of a master, optionally followed by " [NAME]"
+TITLE_WORKER = "hotswap: worker"
+ENV_PARENT_PID = "HOTSWAP_PARENT_PID"  # in a booting new master's environment: the old master
 
 _PROC = "/proc"
 

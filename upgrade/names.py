@@ -8,9 +8,14 @@ these byte for byte; the shell script keeps its own copies (it cannot import Pyt
 from __future__ import annotations
 
 from listeners.inherit import ENV_FDS  # noqa: F401  (re-exported: defined where it is parsed)
+from pidfiles.pidfile import SUFFIX_FAILED, SUFFIX_OLDBIN  # noqa: F401  (re-exported, as below)
+from pidfiles.procs import (  # noqa: F401  (re-exported: defined where identity is checked)
+    ENV_PARENT_PID,
+    TITLE_MASTER,
+    TITLE_WORKER,
+)
 
 # -- environment passed from the old master to the new one ---------------------------
-ENV_PARENT_PID = "HOTSWAP_PARENT_PID"
 ENV_READY_FD = "HOTSWAP_READY_FD"
 ENV_GENERATION = "HOTSWAP_GENERATION"
 ENV_FOREIGN_FDS = "HOTSWAP_FOREIGN_FDS"  # sockets made by someone else: never unlinked
@@ -22,15 +27,9 @@ READY = "READY"  # "READY <pid>": booted, healthy, serving
 FAILED = "FAILED"  # "FAILED <reason>": before READY, gave up; after it, asks for a rollback
 
 # -- files next to PIDFILE ------------------------------------------------------------
-SUFFIX_OLDBIN = ".oldbin"  # names the old master while an upgrade runs
-SUFFIX_FAILED = ".upgrade-failed"  # "<pid> <unix time> <reason>" of the last failure
 SUFFIX_STATE = ".upgrade"  # the running (or last) upgrade's state, one line, see below
 SUFFIX_HISTORY = ".history"  # one JSON object per finished upgrade, appended
 SUFFIX_REQUEST = ".upgrade-request"  # JSON options a client leaves for the next USR2
-
-# -- process titles -------------------------------------------------------------------
-TITLE_MASTER = "hotswap: master"
-TITLE_WORKER = "hotswap: worker"
 
 # -- the state file PIDFILE.upgrade ---------------------------------------------------
 # One line, replaced atomically by the old master at every step:

@@ -18,7 +18,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Literal
 
-from .names import ENV_READY_FD
+from .names import ENV_READY_FD, FAILED, READY
 
 # A message longer than this is not a message: refuse it rather than buffer a
 # misbehaving writer's output forever. Writers cap the reason well below it.
@@ -87,12 +87,12 @@ def announce_ready(fd: int, pid: int, keep_open: bool = False) -> bool:
     `keep_open` keeps the channel for the watch window: a later FAILED line then asks
     the old master to roll back. False when the old master is already gone.
     """
-    return _send_line(fd, f"READY {int(pid)}\n", close=not keep_open)
+    return _send_line(fd, f"{READY} {int(pid)}\n", close=not keep_open)
 
 
 def announce_failure(fd: int, reason: str) -> None:
     """Tell the old master we give up, and why, so it can log it and roll back."""
-    _send_line(fd, f"FAILED {fold_line(reason)}\n")
+    _send_line(fd, f"{FAILED} {fold_line(reason)}\n")
 
 
 def _bad_env(value: str, problem: str) -> ReadinessError:
@@ -146,9 +146,9 @@ def _parse_line(raw: bytes) -> Outcome:
     """
     line = raw.decode("utf-8", "replace").rstrip("\r")
     word, _, rest = line.partition(" ")
-    if word == "READY" and rest.isascii() and rest.isdigit() and int(rest) > 0:
+    if word == READY and rest.isascii() and rest.isdigit() and int(rest) > 0:
         return Outcome("ready", pid=int(rest))
-    if word == "FAILED":
+    if word == FAILED:
         return Outcome("failed", reason=rest.strip() or "unknown reason")
     return Outcome("failed", reason=f"bad readiness message: {fold_line(line, 200)!r}")
 

@@ -16,14 +16,17 @@ Both are best effort: a master that cannot write them logs it and goes on servin
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 
-from pidfiles import write_atomic
+from pidfiles import PidfileError, write_atomic
 
 from . import names
 
 _last_ms = 0  # the newest record id's milliseconds: ids never repeat within a master
+REQUEST_MAX_AGE = 60.0  # a request file older than this was left by a client long gone
 HISTORY_MAX_BYTES = 256 * 1024  # past this, the older half of the history is dropped
 _RESULTS = {
     names.STATE_COMMITTED: "upgraded",
@@ -212,3 +215,46 @@ def _int(text: str) -> int | None:
 
 def _float(text: str) -> float | None:
     return None if text == "-" else float(text)
+
+
+class Recorder:
+    """Writes the record next to PIDFILE for the old master; trouble is logged, never fatal."""
+
+    def __init__(self, pidfile: str | None, log: logging.Logger) -> None:
+        self.pidfile = pidfile
+        self.log = log
+
+    def update(self, rec: UpgradeRecord, state: str, reason: str | None = None) -> None:
+        rec.state = state
+        if reason is not None:
+            rec.reason = reason
+        if self.pidfile is None:
+            return
+        try:
+            write_state(self.pidfile, rec)
+            if rec.final:
+                append_history(self.pidfile, rec)
+        except PidfileError as exc:
+            self.log.error("upgrade record: %s", exc)
+        except OSError as exc:
+            self.log.error("upgrade record: cannot write next to %s: %s", self.pidfile,
+                           exc.strerror or exc)
+
+    def refused(self, pid: int, reason: str) -> None:
+        self.update(UpgradeRecord.begin(pid), names.STATE_REFUSED, reason)
+
+    def take_request(self) -> dict[str, str]:
+        """Options a client left for this upgrade (`hotswap upgrade --health-url`), consumed."""
+        if self.pidfile is None:
+            return {}
+        path = self.pidfile + names.SUFFIX_REQUEST
+        try:
+            age = time.time() - os.stat(path).st_mtime
+            with open(path, encoding="utf-8") as fh:
+                data = json.loads(fh.read(8192))
+            os.unlink(path)
+        except (OSError, ValueError):
+            return {}
+        if age > REQUEST_MAX_AGE or not isinstance(data, dict):
+            return {}
+        return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}

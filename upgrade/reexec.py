@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from .names import ENV_FDS, ENV_GENERATION, ENV_KEEPER_FD, ENV_PARENT_PID, ENV_READY_FD
+from .names import ENV_FDS, ENV_GENERATION, ENV_KEEPER_FD, ENV_PARENT_PID, ENV_READY_FD, FAILED
 from .readiness import fold_line
 
 __all__ = [
@@ -162,7 +162,7 @@ def _report_and_die(write_fd: int, reason: str) -> NoReturn:
     try:
         # A vanished reader must give EPIPE here, not kill us silently by SIGPIPE.
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        os.write(write_fd, f"FAILED {fold_line(reason)}\n".encode("utf-8", "replace"))
+        os.write(write_fd, f"{FAILED} {fold_line(reason)}\n".encode("utf-8", "replace"))
     finally:
         os._exit(EXIT_EXEC_FAILED)
 

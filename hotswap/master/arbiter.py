@@ -34,7 +34,7 @@ from .. import paths
 from ..config import Config
 from ..errors import StartupError
 from ..logs import Logs
-from ..proctitle import set_title
+from upgrade.proctitle import set_title
 from ..worker.process import BOOT_FAILED, WorkerSpec
 from .boot import Lineage
 from .gate import (

@@ -30,7 +30,7 @@ from collections.abc import Callable, MutableMapping
 from pidfiles import procs
 from upgrade.names import ENV_KEEPER_FD
 
-from ..proctitle import set_title
+from upgrade.proctitle import set_title
 from . import daemonpipe
 from .reaping import reaped
 

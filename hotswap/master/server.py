@@ -22,7 +22,7 @@ from .. import paths
 from ..apploader import load_app
 from ..errors import StartupError
 from ..logs import Logs, redirect_stdio
-from ..proctitle import set_title
+from upgrade.proctitle import set_title
 from . import daemonpipe, keeper
 from .arbiter import Arbiter
 from .boot import Lineage, open_listeners, read_lineage

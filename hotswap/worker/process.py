@@ -43,7 +43,7 @@ from ..http import response as resp
 from ..http.forwarded import TrustedProxies
 from ..http.request import HttpError, Limits
 from ..logs import Logs
-from ..proctitle import set_title
+from upgrade.proctitle import set_title
 from . import wsgi
 from .connection import Connection
 from .healthcheck import check_app

@@ -27,7 +27,7 @@ from hotswap.master.handles import fork_worker  # noqa: E402
 from hotswap.worker.process import BOOT_FAILED, WorkerSpec  # noqa: E402
 from listeners import Listener, open_listener, parse_bind  # noqa: E402
 
-# Importing hotswap.proctitle sets SPT_NOENV in os.environ; children that later tests
+# Importing upgrade.proctitle sets SPT_NOENV in os.environ; children that later tests
 # start must not inherit it (one of them checks what setproctitle does without it).
 if _SPT_NOENV is None:
     os.environ.pop("SPT_NOENV", None)

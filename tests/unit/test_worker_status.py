@@ -8,7 +8,7 @@ _SPT_NOENV = os.environ.get("SPT_NOENV")
 
 from hotswap.master.handles import WorkerHandle  # noqa: E402
 
-# Importing hotswap.proctitle sets SPT_NOENV in os.environ; children that later tests
+# Importing upgrade.proctitle sets SPT_NOENV in os.environ; children that later tests
 # start must not inherit it (one of them checks what setproctitle does without it).
 if _SPT_NOENV is None:
     os.environ.pop("SPT_NOENV", None)

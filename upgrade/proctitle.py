@@ -1,4 +1,5 @@
-"""Process titles (`hotswap: master [name]`), so `ps` tells masters from workers.
+"""Process titles (`hotswap: master [name]`): how `ps`, the pidfile checks and the clients
+tell a master from its workers and from a stranger that got a reused pid.
 
 SPT_NOENV keeps setproctitle from reusing the environment block for longer titles:
 `hotswap status` and the upgrade client read a master's generation from
@@ -15,6 +16,7 @@ import setproctitle  # noqa: E402  (must come after SPT_NOENV is set)
 
 
 def title(role: str, name: str | None) -> str:
+    """`hotswap: master`, `hotswap: worker [api]`: names.TITLE_* plus an optional name."""
     return f"hotswap: {role} [{name}]" if name else f"hotswap: {role}"
 
 
