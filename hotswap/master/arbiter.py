@@ -25,6 +25,7 @@ from typing import Any
 from listeners import Listener, ListenerError, close_listener, parse_bind, reconcile
 from pidfiles import Pidfile, PidfileError, procs
 from upgrade import names, notify
+from upgrade.proctitle import set_title
 from upgrade.readiness import ReadinessReader, announce_ready
 from upgrade.record import UpgradeRecord
 from upgrade.reexec import spawn_new_master
@@ -34,7 +35,6 @@ from .. import paths
 from ..config import Config
 from ..errors import StartupError
 from ..logs import Logs
-from upgrade.proctitle import set_title
 from ..worker.process import BOOT_FAILED, WorkerSpec
 from .boot import Lineage
 from .gate import (

@@ -29,8 +29,8 @@ from collections.abc import Callable, MutableMapping
 
 from pidfiles import procs
 from upgrade.names import ENV_KEEPER_FD
-
 from upgrade.proctitle import set_title
+
 from . import daemonpipe
 from .reaping import reaped
 

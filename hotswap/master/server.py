@@ -15,6 +15,7 @@ from typing import Any
 
 from listeners import Listener, close_listener
 from pidfiles import AlreadyRunning, Pidfile, PidfileError
+from upgrade.proctitle import set_title
 from upgrade.reexec import original_argv, start_directory
 
 from .. import config as config_mod
@@ -22,7 +23,6 @@ from .. import paths
 from ..apploader import load_app
 from ..errors import StartupError
 from ..logs import Logs, redirect_stdio
-from upgrade.proctitle import set_title
 from . import daemonpipe, keeper
 from .arbiter import Arbiter
 from .boot import Lineage, open_listeners, read_lineage

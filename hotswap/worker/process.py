@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from listeners import Listener
+from upgrade.proctitle import set_title
 
 from ..apploader import load_app
 from ..config import Config
@@ -43,7 +44,6 @@ from ..http import response as resp
 from ..http.forwarded import TrustedProxies
 from ..http.request import HttpError, Limits
 from ..logs import Logs
-from upgrade.proctitle import set_title
 from . import wsgi
 from .connection import Connection
 from .healthcheck import check_app
