@@ -63,6 +63,7 @@ class Handover:
     parked_at: float | None = None
     watch_until: float = 0.0
     gone: bool = False  # the new master exited (and was reaped)
+    before_close: Callable[[], None] | None = None  # lets an owner's selector forget the fd first
 
     # -- what the owner feeds in --------------------------------------------------------
 
@@ -212,6 +213,8 @@ class Handover:
 
     def close_reader(self) -> None:
         if not self.reader.closed:
+            if self.before_close is not None:
+                self.before_close()
             self.reader.close()
 
     # -- inside ---------------------------------------------------------------------------

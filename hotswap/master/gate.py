@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 from listeners import Listener, close_listener
 
@@ -33,6 +34,7 @@ class HealthProbe:
         self.failures = 0
         self.last_failure = ""
         self.next_at = 0.0
+        self.before_close: Callable[[], None] | None = None  # the owner's selector forgets the fd
 
     def poll(self, now: float, attempts: int, interval: float) -> str | None:
         """None while undecided; "" once a probe passed; the reason after `attempts` failures."""
@@ -46,8 +48,7 @@ class HealthProbe:
                 return None
             answer = f"health check {self.url}: no answer within {PROBE_TIMEOUT:g} s"
             _kill(self.running.pid)
-        os.close(self.running.fd)
-        self.running = None
+        self._close_running()
         self.next_at = now + interval
         if answer == "":
             self.failures = 0
@@ -62,9 +63,15 @@ class HealthProbe:
     def close(self) -> None:
         if self.running is not None:
             _kill(self.running.pid)
-            os.close(self.running.fd)
-            self.running = None
+            self._close_running()
         close_listener(self.listener, unlink=False)
+
+    def _close_running(self) -> None:
+        assert self.running is not None
+        if self.before_close is not None:
+            self.before_close()
+        os.close(self.running.fd)
+        self.running = None
 
 
 class Watch:

@@ -92,15 +92,3 @@ def fork_worker(spec_for: Callable[[int], worker_mod.WorkerSpec], epoch: int,
     os.close(write_fd)
     os.set_blocking(read_fd, False)
     return WorkerHandle(pid=pid, fd=read_fd, epoch=epoch)
-
-
-def describe_exit(status: int) -> str:
-    """`exited with status 3` / `killed by signal 9 (SIGKILL)`, for the error log."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = "?"
-        return f"killed by signal {sig} ({name})"
-    return f"exited with status {os.waitstatus_to_exitcode(status)}"
