@@ -27,18 +27,16 @@ from upgrade import Event, Handover, UpgradeError, Upgrader, names, notify
 from upgrade.parent import describe_exit
 from upgrade.proctitle import set_title
 
-from .. import config as config_mod
-from .. import paths
 from ..config import Config
 from ..errors import StartupError
 from ..logs import Logs
 from ..worker.process import BOOT_FAILED, WorkerSpec
-from . import reload as reloading
-from .gate import GATE_ATTEMPTS, GATE_INTERVAL, WATCH_ATTEMPTS, WATCH_INTERVAL, HealthProbe, Watch
+from .gate import GATE_ATTEMPTS, GATE_INTERVAL, HealthProbe, Watch
 from .handles import WorkerHandle
 from .keeper import announce_master
 from .pool import WorkerPool
 from .reaping import reaped
+from .reload import Reloader
 from .signals import SignalQueue
 
 WAIT = 1.0
@@ -49,8 +47,6 @@ State = Literal["booting", "serving", "parked", "stopping"]
 class Arbiter:
     def __init__(self, cfg: Config, flags: dict[str, Any], logs: Logs, up: Upgrader,
                  app: Callable[..., Any] | None) -> None:
-        self.cfg = cfg
-        self.flags = flags
         self.logs = logs
         self.log = logs.error
         self.up = up
@@ -61,7 +57,6 @@ class Arbiter:
         self.stop_deadline = 0.0
         self.quits = 0  # QUITs received: the second one always means "now"
         self.fatal: str | None = None
-        self.reload: reloading.PendingReload | None = None
         health_url = os.environ.pop(names.ENV_HEALTH_URL, None) or cfg.health_url
         self.health = HealthProbe(health_url) if health_url else None
         self.watch: Watch | None = None  # set while the old master watches us
@@ -72,8 +67,14 @@ class Arbiter:
         self.pool = WorkerPool(cfg.workers, self._spec_for, self.selector, self.log,
                                self._in_worker_child)
         self.pool.parked = self.health is not None  # the gate: born parked until healthy
+        self.reloader = Reloader(cfg, flags, up, self.pool, self.log)
         if self.health is not None:
             self.health.before_close = lambda: self._forget("probe")
+
+    @property
+    def cfg(self) -> Config:
+        """The configuration in force (a HUP replaces it once its workers booted)."""
+        return self.reloader.cfg
 
     @property
     def upgrade(self) -> Handover | None:
@@ -109,12 +110,13 @@ class Arbiter:
             now = time.monotonic()
             self.pool.check_deadlines(now, self.cfg.timeout, self.cfg.graceful_timeout)
             self._check_upgrade(now)
-            self._check_watch(now)
+            if self.watch is not None:
+                self.watch.check(now, self.state == "stopping")
             if self.state == "stopping":
                 return self._stop_done(now)
             if self.state != "parked" and not self.fatal:
                 self.pool.maintain(now)  # parked: a replacement would load the code on disk
-                self._finish_reload()
+                self.reloader.finish()
             self._check_ready(now)
         except Exception:
             self.log.exception("internal error in the master loop")
@@ -131,8 +133,8 @@ class Arbiter:
         for key, _ in self.selector.select(max(0.0, min(deadlines) - time.monotonic())):
             if key.data == "upgrade":
                 self._on_readiness()
-            elif key.data == "parent":
-                self._end_watch()
+            elif key.data == "parent" and self.watch is not None:
+                self.watch.end()
             elif isinstance(key.data, WorkerHandle):
                 self.pool.read(key.data)
 
@@ -141,7 +143,7 @@ class Arbiter:
         upgrade = self.upgrade
         wanted = {
             "upgrade": upgrade.fileno() if upgrade is not None else None,
-            "parent": self.up.lineage.ready_fd if self.watch is not None else None,
+            "parent": self.watch.fileno() if self.watch is not None else None,
             "probe": self.health.fileno() if self.health is not None else None,
         }
         for role, fd in wanted.items():
@@ -222,7 +224,7 @@ class Arbiter:
             if upgrade is not None and upgrade.phase in ("draining", "watching"):
                 upgrade.unparked()
             return
-        self._reload()
+        self.reloader.begin()
 
     def _on_ttin(self) -> None:
         self.pool.target += 1
@@ -320,37 +322,6 @@ class Arbiter:
 
     # -- the upgrade, seen from the new master ------------------------------------------
 
-    def _check_watch(self, now: float) -> None:
-        """While the old master can still come back, tell it when we are not fit to stay."""
-        if self.watch is None:
-            return
-        if not self.up.lineage.parent_alive():
-            self.log.info("previous master %s committed the upgrade", self.up.lineage.parent_pid)
-            self._end_watch()
-            return
-        if self.health is not None and self.state != "stopping":
-            failure = self.health.poll(now, WATCH_ATTEMPTS, WATCH_INTERVAL)
-            if failure:
-                self._ask_rollback(failure)
-
-    def _worker_crashed(self, description: str) -> None:
-        if self.watch is not None:
-            reason = self.watch.crashed(description)
-            if reason:
-                self._ask_rollback(reason)
-
-    def _ask_rollback(self, reason: str) -> None:
-        self.log.error("asking the previous master to roll back: %s", reason)
-        self._forget("parent")
-        self.up.fail(reason)
-        self.watch = None
-
-    def _end_watch(self) -> None:
-        """The old master committed (or is rolling back): the channel is of no more use."""
-        self._forget("parent")
-        self.up.lineage.close()
-        self.watch = None
-
     # -- workers ----------------------------------------------------------------------
 
     def _spec_for(self, status_fd: int, parked: bool) -> WorkerSpec:
@@ -389,7 +360,8 @@ class Arbiter:
             self._give_up(f"{what} before the new generation was ready")
             return
         (self.log.info if status == 0 else self.log.warning)("%s; replacing it", what)
-        self._worker_crashed(what)
+        if self.watch is not None:
+            self.watch.crashed(what)
 
     def _boot_failure_reason(self, handle: WorkerHandle, status: int) -> str:
         if handle.boot_error:
@@ -399,12 +371,13 @@ class Arbiter:
         return f"worker {handle.pid} {describe_exit(status)} while booting"
 
     def _boot_failed(self, handle: WorkerHandle, reason: str) -> None:
-        if self.reload is not None and handle.epoch == self.pool.epoch:
-            self._abort_reload(reason)
+        if self.reloader.pending is not None and handle.epoch == self.pool.epoch:
+            self.reloader.abort(reason)
         elif not self.pool.ever_booted:
             self._give_up(reason)
         else:
-            self._worker_crashed(reason)
+            if self.watch is not None:
+                self.watch.crashed(reason)
             delay = self.pool.boot_failed()
             self.log.error("worker failed to boot: %s (retrying in %.1f s)", reason, delay)
 
@@ -422,53 +395,6 @@ class Arbiter:
         self.state = "serving"
         self.pool.resume_all()
 
-    # -- reloading (HUP) --------------------------------------------------------------
-
-    def _reload(self) -> None:
-        try:
-            new_cfg = paths.resolve_config(config_mod.build(self.flags), self.up.start_dir)
-            serving = reloading.listeners_for(self.up.listeners, self.cfg, new_cfg)
-        except StartupError as exc:
-            self.log.error("HUP: %s; keeping the running configuration", exc)
-            return
-        if self.reload is None:
-            self.reload = reloading.PendingReload(self.cfg, self.pool.epoch, self.up.listeners)
-        self.up.listeners = serving
-        self.cfg = new_cfg
-        self.pool.target = new_cfg.workers
-        self.logs.error.setLevel(new_cfg.log_level.upper())
-        self.pool.epoch += 1
-        self.pool.boot_failures = 0
-        self.pool.next_spawn = 0.0
-        self.log.info("HUP: reloading with %d new worker(s)", self.pool.target)
-
-    def _finish_reload(self) -> None:
-        """Old-epoch workers (and sockets the new config dropped) go once every new one booted."""
-        if self.reload is not None:
-            current = self.pool.current()
-            if len(current) < self.pool.target or not all(h.booted for h in current):
-                return
-            self.log.info("HUP: reload complete")
-            reloading.close_unused(self.reload.old_listeners, self.up.listeners,
-                                   not self.up.other_generation_alive(), self.log)
-            self.reload = None
-        self.pool.retire_epochs_before(self.pool.epoch)
-
-    def _abort_reload(self, reason: str) -> None:
-        """A HUP whose new workers cannot boot: keep the old ones and sockets, as if HUP never came."""
-        reload = self.reload
-        assert reload is not None
-        self.log.error("HUP: reload failed: %s; keeping the running workers", reason)
-        for handle in self.pool.current():
-            self.pool.retire(handle)
-        reloading.close_unused(self.up.listeners, reload.old_listeners,
-                               not self.up.other_generation_alive(), self.log)
-        self.up.listeners = reload.old_listeners
-        self.cfg = reload.old_cfg
-        self.pool.target = reload.old_cfg.workers
-        self.pool.epoch = reload.old_epoch
-        self.reload = None
-
     # -- readiness and stopping ---------------------------------------------------------
 
     def _check_ready(self, now: float) -> None:
@@ -479,8 +405,8 @@ class Arbiter:
             return
         self.state = "serving"
         self.up.ready()  # READY to the old master first (it parks on it), then PIDFILE
-        if self.up.lineage.ready_fd is not None:
-            self.watch = Watch()  # the old master watches us: report what goes wrong
+        if self.up.lineage.ready_fd is not None:  # the old master watches us
+            self.watch = Watch(self.up, self.health, self.log, lambda: self._forget("parent"))
         announce_master(self.pid)
         self.log.info("ready: %d worker(s) booted in %.2f s", len(booted), now - self.started)
 
