@@ -182,8 +182,9 @@ class Handover:
 
     def abandon(self, reason: str) -> None:
         """The old master is stopping before the new one is ready: stop it too."""
-        if self.phase == "starting":
+        if self.phase == "starting" and self.term_sent is None:
             self.failure = reason
+            self.term_sent = time.monotonic()  # tick() escalates to SIGKILL
             _signal(self.pid, signal.SIGTERM)
 
     def finish(self) -> None:

@@ -17,7 +17,6 @@ parking its workers when the new generation is READY, resuming them on a rollbac
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import time
 from collections.abc import Callable
@@ -25,12 +24,11 @@ from typing import Any, Literal
 
 from upgrade import Event, Handover, UpgradeError, Upgrader, names, notify
 from upgrade.parent import describe_exit
-from upgrade.proctitle import set_title
 
 from ..config import Config
 from ..errors import StartupError
 from ..logs import Logs
-from ..worker.process import BOOT_FAILED, WorkerSpec
+from ..worker.process import WorkerSpec
 from .gate import GATE_ATTEMPTS, GATE_INTERVAL, HealthProbe, Watch
 from .handles import WorkerHandle
 from .keeper import announce_master
@@ -38,9 +36,9 @@ from .pool import WorkerPool
 from .reaping import reaped
 from .reload import Reloader
 from .signals import SignalQueue
+from .wakeups import Wakeups
 
 WAIT = 1.0
-FAST_STOP_GRACE = 2.0
 State = Literal["booting", "serving", "parked", "stopping"]
 
 
@@ -54,7 +52,6 @@ class Arbiter:
         self.pid = os.getpid()
         self.state: State = "booting"
         self.stop_how = ""  # "graceful" or "fast" once stopping
-        self.stop_deadline = 0.0
         self.quits = 0  # QUITs received: the second one always means "now"
         self.fatal: str | None = None
         health_url = os.environ.pop(names.ENV_HEALTH_URL, None) or cfg.health_url
@@ -62,14 +59,13 @@ class Arbiter:
         self.watch: Watch | None = None  # set while the old master watches us
         self.started = time.monotonic()
         self.signals = SignalQueue()
-        self.selector = selectors.DefaultSelector()
-        self.fds: dict[str, int] = {}  # fds registered by role: "upgrade", "parent", "probe"
-        self.pool = WorkerPool(cfg.workers, self._spec_for, self.selector, self.log,
+        self.wakeups = Wakeups()
+        self.pool = WorkerPool(cfg.workers, self._spec_for, self.wakeups, self.log,
                                self._in_worker_child)
         self.pool.parked = self.health is not None  # the gate: born parked until healthy
         self.reloader = Reloader(cfg, flags, up, self.pool, self.log)
         if self.health is not None:
-            self.health.before_close = lambda: self._forget("probe")
+            self.health.before_close = lambda: self.wakeups.forget("probe")
 
     @property
     def cfg(self) -> Config:
@@ -87,8 +83,7 @@ class Arbiter:
     def run(self) -> int:
         """Serve until stopped; returns the exit status (raises StartupError if no worker ever booted)."""
         self.signals.install()
-        self.selector.register(self.signals.read_fd, selectors.EVENT_READ, "signals")
-        set_title("master", self.cfg.name)
+        self.wakeups.add(self.signals.read_fd, "signals")
         self.log.info("master %d (generation %d) listening on %s", self.pid, self.up.generation,
                       ", ".join(lst.address() for lst in self.up.listeners))
         self.pool.maintain(time.monotonic())
@@ -129,38 +124,19 @@ class Arbiter:
             deadlines.append(self.health.next_at)
         if self.upgrade is not None:
             deadlines.append(self.upgrade.next_deadline() or float("inf"))
-        self._sync_fds()
-        for key, _ in self.selector.select(max(0.0, min(deadlines) - time.monotonic())):
-            if key.data == "upgrade":
-                self._on_readiness()
-            elif key.data == "parent" and self.watch is not None:
-                self.watch.end()
-            elif isinstance(key.data, WorkerHandle):
-                self.pool.read(key.data)
-
-    def _sync_fds(self) -> None:
-        """Keep the selector in step with fds that come and go (closed ones are dropped)."""
         upgrade = self.upgrade
-        wanted = {
+        self.wakeups.sync({
             "upgrade": upgrade.fileno() if upgrade is not None else None,
             "parent": self.watch.fileno() if self.watch is not None else None,
             "probe": self.health.fileno() if self.health is not None else None,
-        }
-        for role, fd in wanted.items():
-            if self.fds.get(role) != fd:
-                self._forget(role)
-                if fd is not None:
-                    self.selector.register(fd, selectors.EVENT_READ, role)
-                    self.fds[role] = fd
-
-    def _forget(self, role: str) -> None:
-        """Unregister before the fd is closed: its number may be reused at once."""
-        fd = self.fds.pop(role, None)
-        if fd is not None:
-            try:
-                self.selector.unregister(fd)
-            except (KeyError, ValueError):
-                pass
+        })
+        for data in self.wakeups.wait(min(deadlines) - time.monotonic()):
+            if data == "upgrade":
+                self._on_readiness()
+            elif data == "parent" and self.watch is not None:
+                self.watch.end()
+            elif isinstance(data, WorkerHandle):
+                self.pool.read(data)
 
     # -- signals ----------------------------------------------------------------------
 
@@ -271,7 +247,7 @@ class Arbiter:
             handover = self.up.start_upgrade(env)
         except UpgradeError:
             return  # logged and recorded by the Upgrader; we never stopped serving
-        handover.before_close = lambda: self._forget("upgrade")
+        handover.before_close = lambda: self.wakeups.forget("upgrade")
 
     # -- the upgrade, seen from the old master ------------------------------------------
 
@@ -320,8 +296,6 @@ class Arbiter:
         announce_master(self.pid)  # the keeper's signals come back to us at once
         upgrade.roll_back(reason)
 
-    # -- the upgrade, seen from the new master ------------------------------------------
-
     # -- workers ----------------------------------------------------------------------
 
     def _spec_for(self, status_fd: int, parked: bool) -> WorkerSpec:
@@ -331,7 +305,7 @@ class Arbiter:
 
     def _in_worker_child(self) -> None:
         """In a fresh worker: drop what belongs to the master alone."""
-        self.selector.close()
+        self.wakeups.close()
         self.signals.close_in_child()
         self.pool.close_in_child()
         upgrade = self.upgrade
@@ -353,7 +327,7 @@ class Arbiter:
             self.log.debug("worker %d %s", handle.pid, describe_exit(status))
             return
         if not handle.booted:
-            self._boot_failed(handle, self._boot_failure_reason(handle, status))
+            self._boot_failed(handle, handle.boot_failure(status))
             return
         what = f"worker {handle.pid} {describe_exit(status)}"
         if self.state == "booting" and self.up.lineage.parent_pid is not None:
@@ -362,13 +336,6 @@ class Arbiter:
         (self.log.info if status == 0 else self.log.warning)("%s; replacing it", what)
         if self.watch is not None:
             self.watch.crashed(what)
-
-    def _boot_failure_reason(self, handle: WorkerHandle, status: int) -> str:
-        if handle.boot_error:
-            return handle.boot_error
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_FAILED:
-            return f"worker {handle.pid} could not load the app"
-        return f"worker {handle.pid} {describe_exit(status)} while booting"
 
     def _boot_failed(self, handle: WorkerHandle, reason: str) -> None:
         if self.reloader.pending is not None and handle.epoch == self.pool.epoch:
@@ -406,7 +373,7 @@ class Arbiter:
         self.state = "serving"
         self.up.ready()  # READY to the old master first (it parks on it), then PIDFILE
         if self.up.lineage.ready_fd is not None:  # the old master watches us
-            self.watch = Watch(self.up, self.health, self.log, lambda: self._forget("parent"))
+            self.watch = Watch(self.up, self.health, self.log, lambda: self.wakeups.forget("parent"))
         announce_master(self.pid)
         self.log.info("ready: %d worker(s) booted in %.2f s", len(booted), now - self.started)
 
@@ -428,30 +395,15 @@ class Arbiter:
     def _begin_stop(self, how: str) -> None:
         self.state = "stopping"
         self.stop_how = how
-        grace = self.cfg.graceful_timeout + 1.0 if how == "graceful" else FAST_STOP_GRACE
-        self.stop_deadline = time.monotonic() + grace
         if not self.up.other_generation_alive():
             notify.notify_stopping()
         if self.upgrade is not None:
             self.upgrade.abandon("the old master is stopping")
-        if how == "graceful":
-            for handle in list(self.pool.handles.values()):
-                self.pool.retire(handle)
-        else:
-            self.pool.signal_all(signal.SIGQUIT)
+        self.pool.stop(how == "graceful", self.cfg.graceful_timeout + 1.0)
 
     def _stop_done(self, now: float) -> bool:
         starting = self.upgrade is not None and self.upgrade.phase == "starting"
-        if not self.pool.handles and not starting:
-            return True
-        if now < self.stop_deadline:
-            return False
-        killed = self.pool.kill_stragglers()
-        if killed:
-            self.log.warning("killing %d worker(s) that did not stop in time", killed)
-            self.stop_deadline = now + FAST_STOP_GRACE
-            return False
-        return True
+        return self.pool.stopped(now) and not starting
 
     def _shutdown(self) -> int:
         if self.health is not None:

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from upgrade.parent import describe_exit
+
 from ..worker import process as worker_mod
 
 
@@ -56,6 +58,14 @@ class WorkerHandle:
                 self.parked_empty = True
             data = data[1:]
 
+
+    def boot_failure(self, status: int) -> str:
+        """Why it did not boot, for the log and for an old master waiting on us."""
+        if self.boot_error:
+            return self.boot_error
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == worker_mod.BOOT_FAILED:
+            return f"worker {self.pid} could not load the app"
+        return f"worker {self.pid} {describe_exit(status)} while booting"
 
     def parked(self, now: float) -> None:
         self.parked_since = now

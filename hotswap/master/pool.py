@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
 import signal
 import time
 from collections.abc import Callable
 
 from ..worker.process import WorkerSpec
 from .handles import WorkerHandle, fork_worker
+from .wakeups import Wakeups
 
+FAST_STOP_GRACE = 2.0
 SpecFor = Callable[[int, bool], WorkerSpec]  # (status fd, born parked) -> what the worker serves
 
 
 class WorkerPool:
-    def __init__(self, target: int, spec_for: SpecFor, selector: selectors.BaseSelector,
+    def __init__(self, target: int, spec_for: SpecFor, wakeups: Wakeups,
                  log: logging.Logger, in_child: Callable[[], None]) -> None:
         self.target = target
         self.spec_for = spec_for
-        self.selector = selector
+        self.wakeups = wakeups
         self.log = log
         self.in_child = in_child
         self.handles: dict[int, WorkerHandle] = {}
@@ -34,6 +35,7 @@ class WorkerPool:
         self.boot_failures = 0
         self.next_spawn = 0.0
         self.ever_booted = False
+        self.stop_deadline = 0.0
 
     # -- reading ------------------------------------------------------------------------
 
@@ -58,7 +60,7 @@ class WorkerPool:
         except OSError:
             data = b""
         if not data:
-            self.selector.unregister(handle.fd)
+            self.wakeups.remove(handle.fd)
             return
         was_booted = handle.booted
         handle.feed(data, time.monotonic())
@@ -70,10 +72,7 @@ class WorkerPool:
         """A reaped child: its handle if it was one of ours, its pipe closed."""
         handle = self.handles.pop(pid, None)
         if handle is not None:
-            try:
-                self.selector.unregister(handle.fd)
-            except (KeyError, ValueError):
-                pass
+            self.wakeups.remove(handle.fd)
             os.close(handle.fd)
         return handle
 
@@ -103,7 +102,7 @@ class WorkerPool:
             handle.parked(time.monotonic())
             handle.parked_empty = True
         self.handles[handle.pid] = handle
-        self.selector.register(handle.fd, selectors.EVENT_READ, handle)
+        self.wakeups.add(handle.fd, handle)
 
     def boot_failed(self) -> float:
         """Back off before the next spawn; the delay."""
@@ -164,12 +163,30 @@ class WorkerPool:
                                what, now - handle.last_seen)
                 self.kill(handle)
 
-    def kill_stragglers(self) -> int:
-        """At the end of a stop: kill who is left; how many."""
+    def stop(self, graceful: bool, grace: float) -> None:
+        """Graceful: every worker retires (finishes what it holds, up to `grace`); else
+        QUIT, and FAST_STOP_GRACE before who is left is killed."""
+        self.stop_deadline = time.monotonic() + (grace if graceful else FAST_STOP_GRACE)
+        for handle in list(self.handles.values()):
+            if graceful:
+                self.retire(handle)
+            else:
+                _signal(handle.pid, signal.SIGQUIT)
+
+    def stopped(self, now: float) -> bool:
+        """Every worker is gone, or the stop deadline passed and the last were killed."""
+        if not self.handles:
+            return True
+        if now < self.stop_deadline:
+            return False
         alive = [h for h in self.handles.values() if not h.killed]
+        if not alive:
+            return True
+        self.log.warning("killing %d worker(s) that did not stop in time", len(alive))
         for handle in alive:
             self.kill(handle)
-        return len(alive)
+        self.stop_deadline = now + FAST_STOP_GRACE
+        return False
 
     def close_in_child(self) -> None:
         for handle in self.handles.values():
