@@ -35,10 +35,12 @@ from .keeper import announce_master
 from .pool import WorkerPool
 from .reaping import reaped
 from .reload import Reloader
+from .rolling import Rolling
 from .signals import SignalQueue
 from .wakeups import Wakeups
 
 WAIT = 1.0
+ROLLING_POLL = 0.05
 State = Literal["booting", "serving", "parked", "stopping"]
 
 
@@ -64,6 +66,7 @@ class Arbiter:
                                self._in_worker_child)
         self.pool.parked = self.health is not None  # the gate: born parked until healthy
         self.reloader = Reloader(cfg, flags, up, self.pool, self.log)
+        self.rolling = Rolling.from_env(os.environ, cfg.workers, self.pool)  # new side, if asked
         if self.health is not None:
             self.health.before_close = lambda: self.wakeups.forget("probe")
 
@@ -113,6 +116,8 @@ class Arbiter:
                 self.pool.maintain(now)  # parked: a replacement would load the code on disk
                 self.reloader.finish()
             self._check_ready(now)
+            if self.rolling is not None and self.state == "serving":
+                self.rolling = self.rolling.grow(self.up, self.cfg.workers)
         except Exception:
             self.log.exception("internal error in the master loop")
             time.sleep(0.1)  # never spin on a repeating error
@@ -124,6 +129,8 @@ class Arbiter:
             deadlines.append(self.health.next_at)
         if self.upgrade is not None:
             deadlines.append(self.upgrade.next_deadline() or float("inf"))
+        if self.rolling is not None:
+            deadlines.append(time.monotonic() + ROLLING_POLL)  # old workers leave unannounced
         upgrade = self.upgrade
         self.wakeups.sync({
             "upgrade": upgrade.fileno() if upgrade is not None else None,
@@ -243,21 +250,26 @@ class Arbiter:
             return
         request = self.up.recorder.take_request()
         env = {names.ENV_HEALTH_URL: request["health_url"]} if request.get("health_url") else {}
+        rolling = self.cfg.upgrade_surge > 0 and self.cfg.upgrade_mode == "auto"
+        if rolling:
+            env[names.ENV_SURGE] = str(self.cfg.upgrade_surge)
         try:
             handover = self.up.start_upgrade(env)
         except UpgradeError:
             return  # logged and recorded by the Upgrader; we never stopped serving
         handover.before_close = lambda: self.wakeups.forget("upgrade")
+        handover.rolling = rolling
 
     # -- the upgrade, seen from the old master ------------------------------------------
 
     def _on_readiness(self) -> None:
+        """Every line the new master sent (READY may be followed by BOOTED or FAILED)."""
         upgrade = self.upgrade
-        if upgrade is not None:
+        while upgrade is not None and not upgrade.over:
             event = upgrade.read()
+            if event is None:
+                return
             self._on_upgrade_event(event)
-            if event is Event.READY:
-                self._on_upgrade_event(upgrade.read())  # a FAILED may follow at once
 
     def _check_upgrade(self, now: float) -> None:
         upgrade = self.upgrade
@@ -272,8 +284,11 @@ class Arbiter:
         if event is None or upgrade is None:
             return
         if event is Event.READY and not upgrade.manual:
-            self._park_all()
+            if not upgrade.rolling:  # rolling: our workers leave one by one (BOOTED)
+                self._park_all()
             upgrade.parking()
+        elif event is Event.BOOTED:
+            self.pool.target = max(0, self.cfg.workers - upgrade.new_booted)
         elif event is Event.ROLLBACK:
             self._roll_back(upgrade.failure)
         elif event is Event.COMMIT:
@@ -293,6 +308,7 @@ class Arbiter:
         upgrade = self.upgrade
         assert upgrade is not None
         self._resume_all()
+        self.pool.target = self.cfg.workers  # after a rolling handover: spawn them again
         announce_master(self.pid)  # the keeper's signals come back to us at once
         upgrade.roll_back(reason)
 
