@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from hotswap import __version__
 from hotswap.http import response as resp
 from hotswap.http.response import BadResponse, check_head, chunk, error_response, serialize
 
@@ -131,7 +132,7 @@ def test_serialize() -> None:
     assert names == ["Server", "Date", "Content-Type", "Set-Cookie", "Set-Cookie",
                      "Transfer-Encoding", "Connection"]
     values = dict(headers)
-    assert values["Server"] == resp.SERVER == "hotswap"
+    assert values["Server"] == resp.SERVER == f"hotswap/{__version__}"
     assert values["Transfer-Encoding"] == "chunked"
     assert values["Connection"] == "keep-alive"
     assert [v for n, v in headers if n == "Set-Cookie"] == ["a=1", "b=2"]  # order and repeats
