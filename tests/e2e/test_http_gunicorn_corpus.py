@@ -27,7 +27,7 @@ EXPECTED = json.loads((DATA / "expected.json").read_text())
 
 # Cases where hotswap answers differently from gunicorn, on purpose (README, HTTP choices):
 # name -> (status hotswap answers, why).
-PROXY = (400, "the PROXY protocol is not supported")
+PROXY = (400, "the PROXY protocol is off unless --proxy-protocol (test_proxy_protocol.py)")
 NOT_CHUNKED = (501, "only the chunked transfer coding is implemented (RFC 9112 §6.1: 501)")
 IDENTITY = (501, "'identity' is no transfer coding since RFC 7230: 501 like any unknown one")
 UNDERSCORE = (200, "gunicorn's header_map=refuse setting; hotswap drops names with '_'")

@@ -158,3 +158,24 @@ def test_proxy_header_then_tls(masters, tmp_path) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:  # TLS, no header
         with pytest.raises((ssl.SSLError, ConnectionError)):
             ctx.wrap_socket(raw, server_hostname="localhost").sendall(GET)
+
+
+@pytest.mark.timeout(60)
+def test_x_forwarded_for_rewrites_remote_addr_and_the_access_log(masters, tmp_path) -> None:
+    """The README's "Behind a proxy": the right-most address no trusted proxy vouches
+    for is the client, so a client's own spoofed X-Forwarded-For does not count."""
+    write_app(tmp_path, "proxyapp", APP)
+    port = free_port()
+    access = tmp_path / "access.log"
+    masters("proxyapp:app", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--access-log",
+            str(access), "--forwarded-allow-ips", "127.0.0.1,10.0.0.0/8", cwd=tmp_path)
+    chains = [("203.0.113.7", "203.0.113.7"), ("203.0.113.7, 10.1.2.3", "203.0.113.7"),
+              ("6.6.6.6, 198.51.100.4, 10.1.2.3", "198.51.100.4")]
+    for chain, client in chains:
+        request = GET.replace(b"\r\n\r\n", f"\r\nX-Forwarded-For: {chain}\r\n"
+                                           "X-Forwarded-Proto: https\r\n\r\n".encode())
+        data = ask(port, request)
+        assert data is not None and (data["remote_addr"], data["scheme"]) == (client, "https")
+    wait_for(lambda: len(access.read_text().splitlines()) == 3, 10, what="three log lines")
+    assert [line.split()[0] for line in access.read_text().splitlines()] == [
+        "203.0.113.7", "203.0.113.7", "198.51.100.4"]
