@@ -208,6 +208,17 @@ class Connection:
         file.seek(offset + total)  # type: ignore[attr-defined]
         return total
 
+    def send_nowait(self, data: bytes) -> None:
+        """Send what the kernel takes at once, never waiting (an answer from the loop)."""
+        try:
+            if self.tls:
+                self.sock.settimeout(0.0)
+                self.sock.send(data)
+            else:
+                self.sock.send(data, socket.MSG_DONTWAIT)
+        except (OSError, ValueError):
+            pass
+
     def _bound_timeout(self, deadline: float) -> None:
         """Fail past the deadline; near it, shorten SO_SNDTIMEO so one call cannot overrun."""
         left = deadline - time.monotonic()
@@ -231,6 +242,8 @@ class Connection:
         self.linger_cap = now + LINGER_TIME
         self.linger_until = min(self.linger_cap, now + LINGER_IDLE)
         self.head_started = None
+        if self.tls:
+            self.sock.settimeout(0.0)  # linger_read runs in the loop: no poll() inside recv
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:

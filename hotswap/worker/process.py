@@ -386,11 +386,7 @@ class Worker:
         elif conn.parser.in_message or conn.parser.ready:
             self.log.info("request head from %s not complete after %g s: 408",
                           conn.peer[0] if conn.peer else "unix socket", self.cfg.timeout)
-            try:
-                conn.sock.send(resp.error_response(408, "request head not received in time"),
-                               socket.MSG_DONTWAIT)
-            except OSError:
-                pass
+            conn.send_nowait(resp.error_response(408, "request head not received in time"))
             conn.linger = True
         self._close(conn)
 

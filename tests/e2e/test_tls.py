@@ -134,6 +134,36 @@ def test_a_stalled_handshake_is_closed_after_the_timeout(masters, tmp_path, ca) 
     assert requests.get(f"{base}/echo", verify=str(ca.ca), timeout=5).status_code == 200
 
 
+def _tls_exchange(port: int, ca: TestCA, data: bytes) -> bytes:
+    """Send `data` over a verified TLS connection; all it gets until the server closes."""
+    ctx = ssl.create_default_context(cafile=str(ca.ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(data)
+        answer = b""
+        try:
+            while chunk := tls.recv(65536):
+                answer += chunk
+        except (ConnectionError, ssl.SSLError):
+            pass
+        return answer
+
+
+@pytest.mark.timeout(60)
+def test_refused_and_late_requests_over_tls(masters, tmp_path, ca) -> None:
+    """The loop's own answers over TLS: a 400 (then a lingering close run by the loop,
+    which must not stall it) and a 408 for a head not complete within --timeout."""
+    master, base, port, _ = start_tls(masters, tmp_path, ca, "--workers", "1", "--timeout", "2")
+    bad = _tls_exchange(port, ca, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\nGET / HT")
+    assert bad.startswith(b"HTTP/1.1 400 "), bad
+    for _ in range(3):
+        assert requests.get(f"{base}/echo", verify=str(ca.ca), timeout=1.5).status_code == 200
+    late = _tls_exchange(port, ca, b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+    assert late.startswith(b"HTTP/1.1 408 "), late
+    assert requests.get(f"{base}/echo", verify=str(ca.ca), timeout=5).status_code == 200
+    assert "Traceback" not in master.log()
+
+
 @pytest.mark.timeout(60)
 def test_client_certificate_required(masters, tmp_path, ca) -> None:
     master, base, _, _ = start_tls(masters, tmp_path, ca, "--workers", "1", "--ca-certs",
