@@ -117,6 +117,9 @@ class Connection:
         assert isinstance(sock, ssl.SSLSocket)
         if not wait:
             sock.settimeout(0.0)
+        elif self.sndtimeo != self.io_timeout:  # one timeout for both directions on TLS
+            sock.settimeout(self.io_timeout)  # a send near its deadline shortened it
+            self.sndtimeo = self.io_timeout
         try:
             data = sock.recv(RECV_SIZE)
             while data and sock.pending():  # decrypted bytes epoll cannot tell us about

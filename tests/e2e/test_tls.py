@@ -225,6 +225,12 @@ def test_upgrade_with_a_broken_certificate_keeps_the_old_generation(masters, tmp
     assert master.current_pid() == master.pid
     assert served_serial(port, ca) == 1001
     assert requests.get(f"{base}/echo", verify=str(ca.ca), timeout=5).status_code == 200
+    workers = master.workers()
+    master.signal(signal.SIGHUP)  # a HUP with the same broken files: the running workers stay
+    wait_for(lambda: "HUP: certfile" in master.log(), 10, what="the HUP refusal")
+    assert "keeping the running configuration" in master.log()
+    assert master.workers() == workers
+    assert served_serial(port, ca) == 1001
 
 
 @pytest.mark.timeout(120)
