@@ -165,6 +165,27 @@ def test_refused_and_late_requests_over_tls(masters, tmp_path, ca) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_pipelined_requests_and_a_unix_socket_over_tls(masters, tmp_path, ca, threads) -> None:
+    _, _, port, _ = start_tls(masters, tmp_path, ca, "--workers", "1", "--threads", threads,
+                              "--bind", f"unix:{tmp_path / 'tls.sock'}")
+    two = (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+           b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = _tls_exchange(port, ca, two)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2 and b'"scheme": "https"' in answer
+    ctx = ssl.create_default_context(cafile=str(ca.ca))
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.settimeout(10)
+        raw.connect(str(tmp_path / "tls.sock"))
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while chunk := tls.recv(65536):
+                got += chunk
+    assert got.startswith(b"HTTP/1.1 200 OK") and b'"scheme": "https"' in got
+
+
+@pytest.mark.timeout(60)
 def test_client_certificate_required(masters, tmp_path, ca) -> None:
     master, base, _, _ = start_tls(masters, tmp_path, ca, "--workers", "1", "--ca-certs",
                                    str(ca.ca), "--cert-reqs", "2")
