@@ -19,6 +19,11 @@ A preamble that fails (a malformed or missing PROXY header, a header from a peer
 --proxy-allow-from, a handshake error such as plain HTTP on a TLS port or a missing
 client certificate) closes the connection without an answer, as HAProxy does with
 `accept-proxy`: before TLS is up there is no channel an HTTP error could be written on.
+
+Nothing here knows the worker's loop: an asyncio server can step the same Preamble with
+`tls=None` from `loop.add_reader` (the PROXY header only), then give the raw socket to
+`loop.connect_accepted_socket(..., ssl=context, ssl_handshake_timeout=...)`, since exactly
+the header's bytes were consumed and the ClientHello still waits in the kernel.
 """
 
 from __future__ import annotations
