@@ -1,9 +1,9 @@
 """--reuse-port: SO_REUSEPORT on the listeners, and the very same sockets across upgrades.
 
-gunicorn re-creates its sockets on USR2 with reuse_port and crashes on the empty fd list
-it passes; here the listening socket must cross every upgrade as it is (one socket, same
-inode, option kept), since a second SO_REUSEPORT socket bound beside it would get its own
-accept queue, and whatever waited in the old one would be reset when it closed.
+Issue 12 reports gunicorn's USR2 failing with reuse_port (an empty fd list); here the
+listening socket must cross every upgrade as it is (one socket, same inode, option kept),
+since a second SO_REUSEPORT socket bound beside it would get its own accept queue, and
+whatever waited in the old one would be reset when it closed.
 """
 
 from __future__ import annotations
