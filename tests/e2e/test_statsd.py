@@ -1,11 +1,13 @@
 """statsd over UDP, received on a socket the test opens: gunicorn's request, worker and log
 metrics under `hotswap.`, and the upgrade metrics the old master sends from its record
-(a committed upgrade with its four timers, a failed one); a statsd port nobody listens on
+(a committed upgrade with its four timers, a rolled-back one, a failed one); a statsd port
+nobody listens on
 changes nothing for requests; a name that does not resolve is a one-line startup error.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -107,6 +109,26 @@ def test_failed_upgrade_metrics(masters, tmp_path: Path, udp: UdpSink) -> None:
     # sent at startup, and again once the failure left generation 1 serving
     udp.wait(lambda got: _count(got, "hotswap.generation:1|g") == 2, "the generation gauge again")
     assert m.proc.poll() is None
+    assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+
+
+@pytest.mark.timeout(90)
+def test_rolled_back_upgrade_metrics(masters, tmp_path: Path, udp: UdpSink) -> None:
+    write_app(tmp_path, "app", APP)
+    port = free_port()
+    m = masters("app:app", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--watch-window", "60",
+                "--statsd-host", f"127.0.0.1:{udp.port}")
+    old = m.pid
+    m.signal(signal.SIGUSR2)
+    udp.wait(lambda got: _timers(got, "hotswap.upgrade.handover"), "the handover", timeout=40)
+    new = m.current_pid()
+    assert new not in (None, old)
+    m.extra_pids.add(new)
+    os.kill(new, signal.SIGKILL)  # in the watch window: the old master takes over again
+    got = udp.wait(lambda got: "hotswap.upgrade.rolled_back:1|c" in _metrics(got), "the rollback")
+    udp.wait(lambda got: _count(got, "hotswap.generation:1|g") == 2, "generation 1 serving again")
+    assert not any(line.startswith(("hotswap.upgrade.committed", "hotswap.upgrade.commit:"))
+                   for line in _metrics(got))
     assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
 
 
