@@ -86,10 +86,16 @@ class Logs:
         old = self._streams
         old_error = self._error_file
         self._streams = []
-        self._drop_ours()
-        error_stream = self._open(self.error_path, sys.stderr)
+        try:  # the new files first: if one cannot be opened, the old handlers stay
+            error_stream = self._open(self.error_path, sys.stderr)
+            access_stream = self._open(self.access_path, sys.stdout) if self.access_path else None
+        except OSError:
+            for stream in self._streams:
+                stream.close()
+            self._streams = old
+            raise
         self._error_file = error_stream if self.error_path != "-" else None
-        access_stream = self._open(self.access_path, sys.stdout) if self.access_path else None
+        self._drop_ours()
         problems = self._apply_log_config(strict)
         # A logger the log-config file gave handlers to is the file's; the others get ours.
         if not self.error.handlers:

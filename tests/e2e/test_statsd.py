@@ -1,8 +1,8 @@
 """statsd over UDP, received on a socket the test opens: gunicorn's request, worker and log
 metrics under `hotswap.`, and the upgrade metrics the old master sends from its record
 (a committed upgrade with its four timers, a rolled-back one, a failed one); a statsd port
-nobody listens on
-changes nothing for requests; a name that does not resolve is a one-line startup error.
+nobody listens on changes nothing for requests; a name that does not resolve is a one-line
+startup error.
 """
 
 from __future__ import annotations
