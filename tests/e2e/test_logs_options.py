@@ -222,13 +222,53 @@ handlers = ["access"]
 '''
 
 
+# gunicorn's --log-config format (fileConfig), accepted for an .ini file
+LOG_CONFIG_INI = '''\
+[loggers]
+keys = root, errors, access
+
+[handlers]
+keys = errors, access
+
+[formatters]
+keys = plain
+
+[logger_root]
+handlers =
+
+[logger_errors]
+qualname = hotswap.error
+handlers = errors
+level = INFO
+propagate = 0
+
+[logger_access]
+qualname = hotswap.access
+handlers = access
+propagate = 0
+
+[handler_errors]
+class = FileHandler
+formatter = plain
+args = ("{errors}", "a")
+
+[handler_access]
+class = FileHandler
+formatter = plain
+args = ("{access}", "a")
+
+[formatter_plain]
+format = CFG|%(levelname)s|%(message)s
+'''
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", ["toml", "json"])
+@pytest.mark.parametrize("kind", ["toml", "json", "ini"])
 def test_log_config_applies_handlers_and_formats(masters, tmp_path: Path, kind: str) -> None:
     write_app(tmp_path, "app", APP)
     port = free_port()
     errors, access = tmp_path / "cfg-error.log", tmp_path / "cfg-access.log"
-    text = LOG_CONFIG_TOML.format(errors=errors, access=access)
+    text = (LOG_CONFIG_INI if kind == "ini" else LOG_CONFIG_TOML).format(errors=errors, access=access)
     if kind == "json":
         import tomllib
 
