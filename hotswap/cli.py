@@ -99,6 +99,22 @@ def main() -> None:
               help="SO_REUSEPORT on the TCP sockets this server opens. [off]")
 @click.option("--server-header/--no-server-header", default=None,
               help="Send 'Server: hotswap/VERSION'. [on]")
+# -- logs and metrics (issue 12) --
+@click.option("--access-logformat", help="Access line format with gunicorn's atoms, e.g. "
+                                         "'%(h)s \"%(r)s\" %(s)s %(M)s'. [combined + µs]")
+@click.option("--access-log-json", is_flag=True, default=None,
+              help="Access lines as JSON objects, one key per atom of the format.")
+@click.option("--capture-output", is_flag=True, default=None,
+              help="Workers' stdout/stderr (print()) go to the error log.")
+@click.option("--log-config", type=click.Path(dir_okay=False),
+              help="logging dictConfig file (.json or .toml), or an .ini fileConfig file.")
+@click.option("--log-syslog", is_flag=True, default=None, help="Also send logs to syslog.")
+@click.option("--log-syslog-to", help="udp://HOST:PORT, tcp://HOST:PORT or unix:///dev/log. "
+                                      "[udp://localhost:514]")
+@click.option("--log-syslog-prefix", help="Program name in syslog lines. [hotswap]")
+@click.option("--log-syslog-facility", help="Syslog facility. [user]")
+@click.option("--statsd-host", help="HOST:PORT of a statsd server (UDP). [off]")
+@click.option("--statsd-prefix", help="Put before every metric name. [none]")
 def start(**params: Any) -> None:
     """Serve APP (module:callable; the built-in demo app when omitted)."""
     keeper = params.pop("keeper")

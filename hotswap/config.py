@@ -69,6 +69,17 @@ class Config:
     proxy_allow_from: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
     reuse_port: bool = False  # SO_REUSEPORT on the TCP listeners this server opens
     server_header: bool = True  # send `Server: hotswap/VERSION`
+    # -- logs and metrics (issue 12) --
+    access_logformat: str | None = None  # gunicorn's atoms; None: combined log format + µs
+    access_log_json: bool = False  # one JSON object per access line, keys named per atom
+    capture_output: bool = False  # workers' stdout/stderr into the error log
+    log_config: str | None = None  # logging dictConfig file (.json, .toml) or fileConfig (.ini)
+    log_syslog: bool = False
+    log_syslog_to: str | None = None  # udp://HOST:PORT, tcp://HOST:PORT, unix:///dev/log
+    log_syslog_prefix: str | None = None  # the syslog program name (default: hotswap)
+    log_syslog_facility: str = "user"
+    statsd_host: str | None = None  # HOST:PORT; UDP, fire-and-forget
+    statsd_prefix: str = ""  # put before every metric name (a dot is added)
 
     def validate(self) -> Config:
         """Reject values that would only fail later, deep in a worker, with a worse message."""

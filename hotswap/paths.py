@@ -14,7 +14,8 @@ from typing import Any
 
 from .config import Config
 
-FILE_KEYS = ("pidfile", "error_log", "access_log", "config", "certfile", "keyfile", "ca_certs")
+FILE_KEYS = ("pidfile", "error_log", "access_log", "config", "certfile", "keyfile", "ca_certs",
+             "log_config")
 
 
 def absolute(path: str, base: str) -> str:

@@ -108,6 +108,7 @@ class Arbiter:
             now = time.monotonic()
             self.pool.check_deadlines(now, self.cfg.timeout, self.cfg.graceful_timeout)
             self._check_upgrade(now)
+            self.logs.metrics.master(self.up, len(self.pool.handles) if self.state == "serving" else None)
             if self.watch is not None:
                 self.watch.check(now, self.state == "stopping")
             if self.state == "stopping":
@@ -425,6 +426,7 @@ class Arbiter:
         if self.health is not None:
             self.health.close()
         self.up.close()
+        self.logs.metrics.master(self.up, None)  # statsd: the record's final state (committed)
         self.log.info("master %d exiting", self.pid)
         if self.fatal:
             raise StartupError(self.fatal)

@@ -106,7 +106,7 @@ def _redirect_stdio(error_log: str) -> None:
 
 def _open_logs(cfg: config_mod.Config) -> Logs:
     try:
-        return Logs(cfg.error_log, cfg.access_log, cfg.log_level)
+        return Logs.from_config(cfg)
     except OSError as exc:
         raise StartupError(f"cannot open log file {exc.filename}: {exc.strerror}") from None
 

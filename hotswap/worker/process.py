@@ -79,6 +79,7 @@ def run(spec: WorkerSpec) -> None:
     """Entry point in the forked child; never returns into the master's code."""
     code = 1
     try:
+        spec.logs.capture_stdio()  # --capture-output: print() into the error log
         code = Worker(spec).run()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

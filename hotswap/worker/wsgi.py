@@ -34,7 +34,8 @@ class Site:
     base_environ: dict[str, Any]
     proxies: TrustedProxies
     log_error: Callable[..., None]
-    log_access: Callable[[dict[str, Any], str, int | None, float], None] | None
+    # (environ, status, body bytes sent or None, seconds, the app's response headers)
+    log_access: Callable[[dict[str, Any], str, int | None, float, list[tuple[str, str]]], None] | None
     closing: bool = False  # set when the worker retires: every response says Connection: close
     requests: int = field(default=0)
 
@@ -369,4 +370,5 @@ def _run_app(site: Site, environ: dict[str, Any], writer: ResponseWriter) -> Non
 def _log(site: Site, environ: dict[str, Any], exchange: Exchange, started: float) -> None:
     if site.log_access is not None and exchange.head is not None:
         size = exchange.sent if exchange.sent or not exchange.is_head else None
-        site.log_access(environ, exchange.head.status, size, time.monotonic() - started)
+        head = exchange.head
+        site.log_access(environ, head.status, size, time.monotonic() - started, head.headers)
