@@ -42,6 +42,7 @@ from ..errors import StartupError
 from ..http import response as resp
 from ..http.forwarded import TrustedProxies
 from ..http.request import HttpError, Limits
+from ..interface import resolve as resolve_interface
 from ..logs import Logs
 from ..proctitle import set_title
 from . import wsgi
@@ -135,9 +136,12 @@ class Worker:
         set_title("worker", self.cfg.name)
         try:
             app = self.spec.app or load_app(self.cfg.app)
+            kind, app = resolve_interface(app, self.cfg.interface, self.cfg.app)
         except StartupError as exc:
             self._tell(b"E" + _one_line(str(exc)) + b"\n")
             return BOOT_FAILED
+        if kind == "asgi":
+            return self._run_asgi(app)
         base_environ = self._base_environ()
         if self.cfg.health_path:
             failure = check_app(app, self.cfg.health_path, base_environ)
@@ -164,6 +168,15 @@ class Worker:
         self._tell(b"B")
         self.last_beat = time.monotonic()
         return self._loop()
+
+    def _run_asgi(self, app: Callable[..., Any]) -> int:
+        """An ASGI app: the asyncio worker serves it, under the same master contract."""
+        from .aio import AsgiWorker
+
+        self.epoll.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        return AsgiWorker(self.spec, app, self.park_wanted, BOOT_FAILED).run()
 
     def _base_environ(self) -> dict[str, Any]:
         return {
