@@ -3,7 +3,8 @@
 `build(version)` makes an app; `app` is version "v1". Endpoints: JSON in and out, a form
 with a file upload (python-multipart), a streaming response and an event stream, a
 WebSocket echo (text and bytes, a subprotocol, a denial), a lifespan flag, and /who,
-which says which generation served a request (version, master and worker pid).
+which says which generation served a request (version, master and worker pid), as do
+`/` and `/slow/SECONDS` in the shape tests/e2e/load.py records.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, Response, UploadFile, WebSocket
@@ -51,7 +53,7 @@ def build(version: str) -> FastAPI:
         return {"item_id": item_id}
 
     @app.post("/form")
-    async def form(name: str = Form(...), upload: UploadFile = File(...)):
+    async def form(name: str = Form(...), upload: UploadFile = File(...)):  # noqa: B008
         data = await upload.read()
         return {"name": name, "filename": upload.filename, "size": len(data),
                 "sha256": hashlib.sha256(data).hexdigest()}
@@ -94,6 +96,23 @@ def build(version: str) -> FastAPI:
         return {"version": version, "master": os.getppid(), "worker": os.getpid(),
                 "generation": os.environ.get("HOTSWAP_GENERATION"),
                 "port": str(client.port) if client else None}
+
+    @app.get("/")
+    async def load_root(request: Request):
+        return who_served(request)
+
+    @app.get("/slow/{seconds}")
+    async def load_slow(request: Request, seconds: float):
+        await asyncio.sleep(seconds)
+        return who_served(request)
+
+    def who_served(request: Request) -> dict:
+        """What tests/e2e/load.py's clients record (the WSGI load app's fields)."""
+        t_in = time.time()
+        client = request.client
+        return {"version": version, "master": os.getppid(), "worker": os.getpid(),
+                "generation": os.environ.get("HOTSWAP_GENERATION"),
+                "port": str(client.port) if client else None, "t_in": t_in}
 
     @app.websocket("/ws")
     async def ws_echo(websocket: WebSocket):

@@ -17,7 +17,7 @@ import pytest
 import requests
 from asgi_rig import install_fastapp, uvicorn_server  # noqa: F401  (a fixture)
 from support import free_port
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 HEADERS = ("content-type", "content-length", "x-test", "allow")
@@ -128,7 +128,7 @@ def websocket_exchange(base: str) -> dict:
     with connect(url + "/ws-sub", subprotocols=["one", "two"], open_timeout=10) as ws:
         seen["subprotocol"] = ws.subprotocol
         seen["offered"] = ws.recv(timeout=10)
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)
         seen["close"] = (ws.close_code, ws.close_reason)
     with pytest.raises(InvalidStatus) as denied:
