@@ -97,6 +97,10 @@ def build(version: str) -> FastAPI:
                 "generation": os.environ.get("HOTSWAP_GENERATION"),
                 "port": str(client.port) if client else None}
 
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("boom")
+
     @app.get("/")
     async def load_root(request: Request):
         return who_served(request)
