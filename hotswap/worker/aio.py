@@ -115,6 +115,8 @@ class AsgiWorker:
             root_path=os.environ.get("SCRIPT_NAME", ""),
             on_change=self._changed,
             log_debug=self.log.debug,
+            request_limit=self.max_requests,
+            on_limit=self._request_limit,
         )
         self.lifespan = Lifespan(self.app, self.site.state, self.log)
         failure = await self.lifespan.startup()
@@ -193,6 +195,13 @@ class AsgiWorker:
             self.tick_pending = True
             self.loop.call_soon(self._tick)
 
+    def _request_limit(self) -> None:
+        """--max-requests: the response being sent already says Connection: close."""
+        if self.stop_at is None:
+            self.log.info("max requests (%d) reached, worker retiring", self.max_requests)
+            self._begin_stop()
+            self._tell(b"R")
+
     def _begin_stop(self) -> None:
         if self.stop_at is not None:
             return
@@ -261,10 +270,6 @@ class AsgiWorker:
         if self.reopen_logs:
             self.reopen_logs = False
             self.spec.logs.reopen()
-        if self.stop_at is None and self.max_requests and self.site.requests >= self.max_requests:
-            self.log.info("max requests (%d) reached, worker retiring", self.max_requests)
-            self._begin_stop()
-            self._tell(b"R")
         if self.park_wanted != self.parked and self.stop_at is None:
             self._park() if self.park_wanted else self._resume()
         self._sweep(now)

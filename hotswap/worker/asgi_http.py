@@ -62,6 +62,15 @@ class Site:
     conns: set[HttpProtocol] = field(default_factory=set)
     on_change: Callable[[], None] = lambda: None  # a connection closed or became long-lived
     log_debug: Callable[..., None] = lambda *args, **kwargs: None
+    request_limit: int = 0  # --max-requests (with its jitter): on_limit is called when reached
+    on_limit: Callable[[], None] = lambda: None
+
+    def count_request(self) -> None:
+        """Counted as each request starts, so the limit is seen at once: a busy worker
+        would otherwise serve many requests past it before its next housekeeping."""
+        self.requests += 1
+        if self.requests == self.request_limit:
+            self.on_limit()
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -309,7 +318,7 @@ class Cycle:
 
     async def run(self) -> None:
         site = self.site
-        site.requests += 1
+        site.count_request()
         keep = False
         try:
             await site.app(self.scope, self.receive, self.send)

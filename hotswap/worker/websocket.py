@@ -88,7 +88,7 @@ class Session:
             self.proto.close()
             return
         self.response = response
-        self.site.requests += 1
+        self.site.count_request()
         self.proto.loop.create_task(self._run())
 
     def _refuse(self, code: int, message: str) -> None:

@@ -34,6 +34,9 @@ def build(version: str) -> FastAPI:
             raise RuntimeError(os.environ["FASTAPP_FAIL_STARTUP"])
         await asyncio.sleep(0.01)
         yield {"started": True, "version": version}
+        if os.environ.get("FASTAPP_SHUTDOWN_FILE"):  # shows that lifespan shutdown ran
+            with open(os.environ["FASTAPP_SHUTDOWN_FILE"], "a") as fh:
+                fh.write(f"{os.getpid()}\n")
 
     app = FastAPI(lifespan=lifespan)
 
