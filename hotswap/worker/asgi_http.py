@@ -94,6 +94,7 @@ class HttpProtocol(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.head_started: float | None = self.last_active
         self.served = False
+        self.eof = False  # the client half-closed: close once what it sent is answered
 
     # -- asyncio callbacks ------------------------------------------------------------
 
@@ -125,11 +126,14 @@ class HttpProtocol(asyncio.Protocol):
             self._next()
 
     def eof_received(self) -> bool | None:
+        """The client half-closed: what it sent before is still answered (as the WSGI
+        worker does), then the connection closes; nothing more can come on it."""
         if self.ws is not None:
             return self.ws.eof_received()
-        if self.cycle is not None:
-            self.cycle.client_gone()
-        return None  # close our side too
+        self.eof = True
+        if self.cycle is None and self.discarding is None and not self.parser.ready:
+            return None  # nothing to answer: close our side too
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -232,7 +236,7 @@ class HttpProtocol(asyncio.Protocol):
             self.loop.create_task(self.cycle.run())
         elif parser.error is not None:
             self.refuse(parser.error)
-        elif self.site.closing and self.site.keepalive <= 0:
+        elif self.eof or (self.site.closing and self.site.keepalive <= 0):
             self.close()
 
     def cycle_done(self, keep: bool) -> None:
@@ -246,6 +250,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.last_active = time.monotonic()
         req = cycle.req
+        if not req.complete and self.eof:
+            self.close()
+            self.site.on_change()
+            return
         if not req.complete:
             self.discarding, self.discarded = req, 0
             self._discard()

@@ -207,3 +207,15 @@ def test_a_body_the_app_does_not_read_is_not_buffered_without_bound(masters, tmp
         except TimeoutError:
             pass
     assert sent < 16 << 20, f"the server took {sent} bytes of a body nobody reads"
+
+
+def test_a_half_closed_client_still_gets_its_answers(masters, tmp_path) -> None:
+    """Two pipelined requests then shutdown(SHUT_WR): both answered, then the close."""
+    _, _, port = serve_raw(masters, tmp_path, "rawasgi:app", "--workers", "1")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == 2 and b'"/a"' in data and b'"/b"' in data
