@@ -133,6 +133,8 @@ class HttpProtocol(asyncio.Protocol):
         self.eof = True
         if self.cycle is None and self.discarding is None and not self.parser.ready:
             return None  # nothing to answer: close our side too
+        if self.cycle is not None:
+            self.cycle.peer_eof()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -308,7 +310,7 @@ class Cycle:
     """One request and its response: the ASGI `http` scope, receive and send."""
 
     __slots__ = ("proto", "site", "req", "exchange", "scope", "started", "waiter",
-                 "disconnected", "body_done", "response_done")
+                 "disconnected", "body_done", "response_done", "eof")
 
     def __init__(self, proto: HttpProtocol, req: Request) -> None:
         self.proto = proto
@@ -323,6 +325,7 @@ class Cycle:
         self.disconnected = False
         self.body_done = False  # the last http.request message was handed to the app
         self.response_done = False
+        self.eof = False  # the client half-closed (see peer_eof)
 
     async def run(self) -> None:
         site = self.site
@@ -353,13 +356,13 @@ class Cycle:
 
     async def receive(self) -> dict[str, Any]:
         req = self.req
-        if not self.disconnected and not self.response_done:
+        if not self.disconnected and not self.response_done and not (self.body_done and self.eof):
             if self.body_done or (not req.body and not req.complete):
                 if not self.body_done and self.exchange.need_continue():
                     self.proto.write(resp.CONTINUE)
                 self.proto._resume()
                 await self._wait()
-        if self.disconnected or self.response_done:
+        if self.disconnected or self.response_done or (self.body_done and self.eof):
             return {"type": "http.disconnect"}
         if req.body_error is not None and not req.body:
             # the body broke the parser: refused as the WSGI worker does, the app sees the end
@@ -394,6 +397,16 @@ class Cycle:
     def client_gone(self) -> None:
         self.disconnected = True
         self.wake()
+
+    def peer_eof(self) -> None:
+        """The client sent FIN. Its answer still goes out (a half-close is legal), but an
+        app asking for more after the whole body is told http.disconnect: a FIN is the only
+        sign of a client that has gone, and SSE or long-poll apps wait for exactly that."""
+        self.eof = True
+        if not self.req.complete:
+            self.client_gone()  # the body can never be completed
+        else:
+            self.wake()
 
     # -- send -------------------------------------------------------------------------
 
