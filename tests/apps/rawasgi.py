@@ -4,7 +4,7 @@
 many hand-written apps do). Paths: /who (worker pid), /block/SECONDS (blocks the event
 loop: a stuck app), /hold (reads one body piece, then waits for http.disconnect and
 leaves a file `disconnected-PID` in the working directory), /stall (reads one body
-piece, then nothing for 10 s), /sse (events every 50 ms
+piece, then nothing for 10 s), /flood (1 GB in 1 MB pieces), /sse (events every 50 ms
 until the client or the server ends the stream).
 `Asgi2App`: the same /who as an ASGI 2 double callable.
 `returns_coroutine`: a sync callable returning the coroutine (ASGI only by --interface).
@@ -39,6 +39,13 @@ async def app(scope, receive, send):
         await receive()
         await asyncio.sleep(10)
         await send_text(send, 200, "late")
+        return
+    if path == "/flood":  # 1 MB pieces for as long as they are taken
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        piece = b"x" * (1 << 20)
+        for _ in range(1000):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
         return
     if path == "/sse":
         await send({"type": "http.response.start", "status": 200,

@@ -219,3 +219,38 @@ def test_a_half_closed_client_still_gets_its_answers(masters, tmp_path) -> None:
         while chunk := sock.recv(65536):
             data += chunk
     assert data.count(b"HTTP/1.1 200 OK") == 2 and b'"/a"' in data and b'"/b"' in data
+
+
+def test_a_client_that_reads_nothing_is_cut(masters, tmp_path) -> None:
+    """A response stuck on a client that reads nothing for 0.75 x --timeout is cut (the
+    worker's memory is not filled with what the app keeps sending); others are served."""
+    master, base, port = serve_raw(masters, tmp_path, "rawasgi:app", "--workers", "1",
+                                   "--timeout", "2")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.sendall(b"GET /flood HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for(lambda: "client read nothing for 1.5 s; connection cut" in master.log(), 15,
+                 what="the stalled response to be cut")
+        assert get(base + "/who").status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_reload_drains_websockets_to_the_new_workers(masters, tmp_path) -> None:
+    """HUP: new workers boot, the old ones retire; an open WebSocket on an old worker is
+    closed with 1001 before the graceful timeout, and its reconnect reaches a new worker."""
+    app = install_fastapp(tmp_path)
+    port = free_port()
+    master = masters(app, "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                     "--graceful-timeout", "2", cwd=tmp_path)
+    (old,) = master.workers()
+    with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["worker"] == old
+        master.signal(signal.SIGHUP)
+        with pytest.raises(ConnectionClosed) as closed:
+            for i in range(400):
+                ws.send(f"m{i}")
+                ws.recv(timeout=10)
+                time.sleep(0.02)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["worker"] not in (old,)
