@@ -36,6 +36,7 @@ from ..http.request import HttpError, Limits, Request, RequestParser
 
 BODY_HIGH = 256 * 1024  # body bytes buffered for an app that is not reading: pause reading
 PIPELINE_HIGH = 16  # pipelined heads waiting behind the current request: pause reading
+LINGER_TIME = 2.0  # after a refusal: read and drop what the client still sends, this long at most
 MAX_DRAIN = 1 << 20  # unread body bytes worth reading after the response to keep the connection
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
@@ -112,6 +113,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.ws is not None:
             self.ws.feed(data)
             return
+        if self.closed:
+            return  # lingering after a refusal: dropped
         now = time.monotonic()
         self.last_active = now
         if self.head_started is None and self.cycle is None:
@@ -130,6 +133,8 @@ class HttpProtocol(asyncio.Protocol):
         worker does), then the connection closes; nothing more can come on it."""
         if self.ws is not None:
             return self.ws.eof_received()
+        if self.closed:
+            return None  # the end of a linger
         self.eof = True
         if self.cycle is None and self.discarding is None and not self.parser.ready:
             return None  # nothing to answer: close our side too
@@ -187,12 +192,24 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     def refuse(self, error: HttpError) -> None:
-        """Answer a request the parser refused, then close (after the answer is out)."""
+        """Answer a request the parser refused, then a lingering close: our FIN goes out,
+        what the client still sends (a body we refused) is read and dropped for a moment,
+        since closing with unread data makes the kernel send a reset that can destroy the
+        answer before the client reads it (the WSGI worker's linger, connection.py)."""
         self.site.log_error("refused request from %s: %d %s",
                             self.client[0] if self.client else "unix socket",
                             error.status, error.reason)
         self.write(resp.error_response(error.status, error.reason))
-        self.close()
+        self.linger_close()
+
+    def linger_close(self) -> None:
+        transport = self.transport
+        if transport is None or self.closed or not transport.can_write_eof():
+            self.close()
+            return
+        self.closed = True  # nothing more is read as HTTP or written
+        transport.write_eof()
+        self.loop.call_later(LINGER_TIME, transport.close)
 
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.closed:
@@ -369,7 +386,7 @@ class Cycle:
             self.site.log_error("refused request body of %s %s: %s", req.method,
                                 req.target.decode("latin-1"), req.body_error.reason)
             self._answer_error(req.body_error.status, req.body_error.reason)
-            self.proto.close()
+            self.proto.linger_close()
             self.client_gone()
             return {"type": "http.disconnect"}
         if len(req.body) == 1:

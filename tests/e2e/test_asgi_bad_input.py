@@ -56,6 +56,10 @@ CASES = [
     ("HTTP/2.0", b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
     ("bad chunk size while the app reads", b"POST /echo HTTP/1.1\r\nHost: t\r\n"
      b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", 400),
+    ("refused while a body is still coming", b"POST /echo HTTP/1.1\r\nHost: t\r\n"
+     b"Transfer-Encoding: gzip\r\n\r\n" + b"x" * 3_000_000, 501),
+    ("bad chunk, a body still coming", b"POST /echo HTTP/1.1\r\nHost: t\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n" + b"x" * 3_000_000, 400),
     ("the app raises", b"GET /boom HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 500),
     ("WebSocket without a key", (WS_HEAD + "\r\n").encode(), 400),
     ("WebSocket, wrong version", (WS_HEAD.replace("13", "8") + WS_KEY + "\r\n").encode(), 400),
