@@ -66,14 +66,17 @@ def new_loop() -> asyncio.AbstractEventLoop:
 class AsgiWorker:
     """The loop, the master channel and the worker's states (serving, parked, retiring)."""
 
-    def __init__(self, spec: Any, app: Any, parked: bool, boot_failed: int) -> None:
+    def __init__(self, spec: Any, app: Any, booting: Any, boot_failed: int) -> None:
+        """`booting`: the process.Worker that loaded the app; until our own handlers are
+        installed (after the lifespan startup), its handlers record WINCH/HUP/USR1."""
         self.spec = spec
+        self.booting = booting
         self.cfg = spec.cfg
         self.app = app
         self.log = spec.logs.error
         self.boot_failed = boot_failed
-        self.parked = parked
-        self.park_wanted = parked
+        self.parked = booting.park_wanted
+        self.park_wanted = booting.park_wanted
         self.park_told = True
         self.stop_at: float | None = None
         self.going_away_sent = False
@@ -127,6 +130,8 @@ class AsgiWorker:
             self._tell(b"E" + " ".join(failure.split()).encode("utf-8", "replace") + b"\n")
             return self.boot_failed
         self._install_signals()
+        self.park_wanted = self.booting.park_wanted  # a WINCH or HUP during the startup
+        self.reopen_logs = self.booting.reopen_logs
         self.parked = self.park_wanted
         self.park_told = not self.parked
         self.site.closing = self.cfg.keepalive <= 0 or self.parked

@@ -173,10 +173,11 @@ class Worker:
         """An ASGI app: the asyncio worker serves it, under the same master contract."""
         from .aio import AsgiWorker
 
+        # The wake pipe stays open: this object's signal handlers (WINCH, HUP, USR1) keep
+        # recording into it until the ASGI worker installs its own, after its lifespan
+        # startup, and reads what they recorded (`booting`).
         self.epoll.close()
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-        return AsgiWorker(self.spec, app, self.park_wanted, BOOT_FAILED).run()
+        return AsgiWorker(self.spec, app, self, BOOT_FAILED).run()
 
     def _base_environ(self) -> dict[str, Any]:
         return {

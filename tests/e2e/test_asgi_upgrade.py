@@ -142,3 +142,24 @@ def test_first_start_with_a_failing_lifespan_is_one_line(tmp_path) -> None:
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("hotswap: error:") and "lifespan startup failed" in last, done.stderr
     assert "RuntimeError: no config" in last
+
+
+def test_health_checks_gate_an_asgi_upgrade(masters, tmp_path) -> None:
+    """--health-path (in-process ASGI request, after the lifespan startup) and --health-url
+    (probed through the new generation's private socket) work for ASGI workers: a healthy
+    upgrade commits; a version whose health path answers 404 is rolled back with that reason."""
+    master, port, _sock = start(masters, tmp_path, "--health-path", "/lifespan",
+                                "--health-url", "/who", "--watch-window", "0.5")
+    install_fastapp(tmp_path, "v2")
+    run = run_upgrade_tool("cli", master.pidfile, timeout=30)
+    assert run.returncode == 0, run.explain() + master.log()[-3000:]
+    new = master.current_pid()
+    assert requests.get(f"http://127.0.0.1:{port}/who", timeout=10).json()["master"] == new
+    wait_for(lambda: gone(master, master.pid), 20, what="the first master to exit")
+    (tmp_path / "app.py").write_text(
+        "from fastapp import build\napp = build('v3')\n"
+        "app.router.routes = [r for r in app.router.routes if r.path != '/lifespan']\n")
+    run = run_upgrade_tool("cli", master.pidfile, timeout=30)
+    assert run.returncode == 1, run.explain()
+    assert "health check GET /lifespan answered 404" in run.stdout + run.stderr, run.explain()
+    assert requests.get(f"http://127.0.0.1:{port}/who", timeout=10).json()["version"] == "v2"
