@@ -53,12 +53,14 @@ def gone(master, pid: int) -> bool:
     return not procs.is_alive(pid)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_five_upgrades_under_http_and_websocket_load(masters, tmp_path) -> None:
     master, port, sock = start(masters, tmp_path, "--graceful-timeout", "3",
                                "--watch-window", "0.5")
-    http = LoadGenerator(f"http://127.0.0.1:{port}", sock, http_clients(), max_seconds=100)
-    ws = WsLoad(f"ws://127.0.0.1:{port}/ws", 8, max_seconds=100)
+    # ~30 s on an idle 2-core machine; the clients' own bound is far above it, so a slow
+    # machine makes the test slow, not a client that stopped by itself look like a failure
+    http = LoadGenerator(f"http://127.0.0.1:{port}", sock, http_clients(), max_seconds=280)
+    ws = WsLoad(f"ws://127.0.0.1:{port}/ws", 8, max_seconds=280)
     current = master.pid
     runs = []
     try:
@@ -78,7 +80,8 @@ def test_five_upgrades_under_http_and_websocket_load(masters, tmp_path) -> None:
             wait_for(lambda: gone(master, old), 20,  # noqa: B023
                      what=f"old master {old} to exit; log:\n{master.log()[-3000:]}")
             wait_for(lambda: ws.connected_to(new), 15,  # noqa: B023
-                     what=f"every WebSocket client reconnected to {new}")
+                     what=f"every WebSocket client reconnected to {new}:\n{ws.describe()}\n"
+                          f"{master.log()[-4000:]}")
             current = new
     finally:
         http.stop()
@@ -86,7 +89,7 @@ def test_five_upgrades_under_http_and_websocket_load(masters, tmp_path) -> None:
     assert not http.crashed and not ws.crashed, (http.crashed, ws.crashed)
     records = http.records
     assert len(records) > 300
-    assert not http.failures(), failure_report(records)
+    assert not http.failures(), failure_report(records) + "\n" + master.log()[-6000:]
     versions = {r.version for r in records}
     assert versions == {f"v{n}" for n in range(1, 2 + UPGRADES)}
     failures = [f for client in ws.clients for f in client.failures]

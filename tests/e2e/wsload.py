@@ -139,6 +139,15 @@ class WsLoad:
     def connections(self) -> list[WsConnection]:
         return [conn for client in self.clients for conn in client.connections]
 
+    def describe(self) -> str:
+        """Each client's last connection and failures, for an assertion message."""
+        lines = []
+        for c in self.clients:
+            last = c.connections[-1] if c.connections else None
+            lines.append(f"{c.name}: {len(c.connections)} connection(s), last {last}, "
+                         f"pending {len(c.pending)}, failures {c.failures[-3:]}")
+        return "\n".join(lines)
+
     def connected_to(self, master: int) -> bool:
         """Is every client's current connection served by `master`?"""
         return all(c.connections and c.connections[-1].master == master and
