@@ -9,9 +9,11 @@ once parked and holding no HTTP request. Signals: WINCH parks, HUP resumes, TERM
 gracefully within --graceful-timeout (lifespan shutdown last), QUIT and INT leave at once,
 USR1 reopens the logs. A worker whose master dies retires as on TERM.
 
-Accepting: each listening socket is served through `loop.create_server` on a *duplicate*
-of its fd, so stopping to accept (park, retire) closes only the duplicate: the listener
-itself (same fd number, inherited across upgrades) stays open for a later resume.
+Accepting: each listening socket is served on a *duplicate* of its fd (uvloop's
+`create_server`, or `Acceptor` on asyncio's own loop, which would otherwise reset a
+connection accepted just before the server closed), so stopping to accept (park, retire)
+closes only the duplicate: the listener itself (same fd number, inherited across
+upgrades) stays open for a later resume.
 
 Long-lived connections (WebSockets, and responses already streaming with the whole
 request read) never hold a request the next generation could take:
@@ -82,7 +84,8 @@ class AsgiWorker:
         self.going_away_sent = False
         self.orphaned = False
         self.reopen_logs = False
-        self.servers: dict[int, asyncio.AbstractServer] = {}
+        self.servers: dict[int, Any] = {}  # listener fd -> what accepts on it (close() stops)
+        self.accepting: set[asyncio.Task[Any]] = set()  # connections accepted, not set up yet
         self.shared = {lst.fd: lst for lst in spec.listeners}
         self.probe: Listener | None = spec.probe
         self.last_beat = 0.0
@@ -100,6 +103,7 @@ class AsgiWorker:
 
     def run(self) -> int:
         loop = new_loop()
+        self.uvloop = type(loop).__module__.startswith("uvloop")
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(self._main())
 
@@ -243,9 +247,11 @@ class AsgiWorker:
         finally:
             self.syncing = False
 
-    async def _serve(self, listener: Listener) -> asyncio.AbstractServer:
+    async def _serve(self, listener: Listener) -> Any:
         sock = listener.sock.dup()
         factory = self._protocol
+        if not self.uvloop:
+            return Acceptor(self.loop, sock, factory, self.accepting, self.log)
         if sock.family == socket.AF_UNIX:
             return await self.loop.create_unix_server(factory, sock=sock,
                                                       backlog=self.cfg.backlog)
@@ -317,7 +323,7 @@ class AsgiWorker:
         """Retiring: leave once nothing is held, say 1001 near the deadline, stop at it."""
         assert self.stop_at is not None
         conns = self.site.conns
-        if not conns:
+        if not conns and not self.accepting:
             self.log.debug("retired: holding no connection")
             self._finish(0)
             return
@@ -348,6 +354,59 @@ class AsgiWorker:
             return True
         except OSError:
             return False
+
+
+class Acceptor:
+    """Accepting for asyncio's own loop, instead of `loop.create_server`.
+
+    asyncio accepts, then sets the connection up in a task; a server closed in between (a
+    worker parking or retiring) fails that set-up on an assertion and the connection is
+    dropped with a reset (CPython 3.11's `Server._attach`). Accepting here and handing each
+    connection to `connect_accepted_socket` has no such window; the tasks still running are
+    in `pending`, so a retiring worker never leaves before they are connections. (uvloop
+    sets a connection up within the accept itself: its own servers are used there.)
+    """
+
+    BATCH = 64  # connections taken per wake-up, so one worker does not hog a burst
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Any,
+                 pending: set[asyncio.Task[Any]], log: Any) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.factory = factory
+        self.pending = pending
+        self.log = log
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(self.BATCH):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:  # out of fds: let other workers take it for a while
+                self.log.error("accept on %s failed: %s", self.sock.getsockname(), exc)
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(0.5, self._again)
+                return
+            conn.setblocking(False)
+            task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
+            self.pending.add(task)
+            task.add_done_callback(self._set_up)
+
+    def _set_up(self, task: asyncio.Task[Any]) -> None:
+        self.pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.debug("connection not set up: %s", task.exception())
+
+    def _again(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 def _end_stream(conn: HttpProtocol) -> None:
