@@ -254,3 +254,14 @@ def test_reload_drains_websockets_to_the_new_workers(masters, tmp_path) -> None:
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["worker"] not in (old,)
+
+
+def test_an_event_stream_may_outlast_the_timeout(masters, tmp_path) -> None:
+    """No deadline on a whole ASGI response: an event stream read by its client goes on
+    past --timeout (unlike a WSGI response, cut at 0.75 x --timeout)."""
+    _, base, _ = serve_raw(masters, tmp_path, "rawasgi:app", "--workers", "1", "--timeout", "1")
+    with requests.get(base + "/sse", stream=True, timeout=10) as stream:
+        lines = stream.iter_lines()
+        # 60 events, 50 ms apart on the server: the response lasts ~3 s, thrice --timeout
+        events = [line for line in (next(lines) for _ in range(120)) if line]
+    assert events == [b"data: %d" % i for i in range(60)]
