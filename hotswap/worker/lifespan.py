@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .asgi_http import ASGI_VERSION
+from .asgi_scope import ASGI_VERSION
 
 
 class Lifespan:

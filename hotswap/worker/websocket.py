@@ -34,7 +34,8 @@ from typing import Any
 from ..http import response as resp
 from ..http.exchange import Exchange
 from ..http.request import Request
-from .asgi_http import ClientDisconnected, HttpProtocol, http_scope, status_line
+from .asgi_http import ClientDisconnected, HttpProtocol
+from .asgi_scope import http_scope, status_line
 
 CLOSE_TIMEOUT = 2.0  # after our close frame, wait this long for the client's before closing TCP
 QUEUE_HIGH = 64  # received messages the app has not taken yet: pause reading
