@@ -55,7 +55,7 @@ def gone(master, pid: int) -> bool:
 
 @pytest.mark.timeout(300)
 def test_five_upgrades_under_http_and_websocket_load(masters, tmp_path) -> None:
-    master, port, sock = start(masters, tmp_path, "--graceful-timeout", "3",
+    master, port, sock = start(masters, tmp_path, "--graceful-timeout", "4",
                                "--watch-window", "0.5")
     # ~30 s on an idle 2-core machine; the clients' own bound is far above it, so a slow
     # machine makes the test slow, not a client that stopped by itself look like a failure
