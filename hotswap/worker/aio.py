@@ -133,13 +133,13 @@ class AsgiWorker:
             self.log.error("%s", failure)
             self._tell(b"E" + " ".join(failure.split()).encode("utf-8", "replace") + b"\n")
             return self.boot_failed
+        self.done = self.loop.create_future()  # before the handlers: QUIT resolves it
         self._install_signals()
         self.park_wanted = self.booting.park_wanted  # a WINCH or HUP during the startup
         self.reopen_logs = self.booting.reopen_logs
         self.parked = self.park_wanted
         self.park_told = not self.parked
         self.site.closing = self.cfg.keepalive <= 0 or self.parked
-        self.done = self.loop.create_future()
         await self._sync_accept()
         self._tell(b"B")
         self.last_beat = time.monotonic()
