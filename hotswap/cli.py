@@ -29,7 +29,7 @@ _PIDFILE = click.option("--pidfile", "-p", required=True, type=click.Path(dir_ok
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hotswap")
 def main() -> None:
-    """A prefork HTTP/WSGI server whose live upgrade never drops a request."""
+    """A prefork HTTP/WSGI and ASGI server whose live upgrade never drops a request."""
 
 
 @main.command()
@@ -74,6 +74,9 @@ def main() -> None:
                                     "and boots only on a 2xx. [off]")
 @click.option("--health-url", help="Probed on the new generation only (never the old one) "
                                    "before it goes live and during the watch window. [off]")
+@click.option("--interface", type=click.Choice(["auto", "wsgi", "asgi"]),
+              help="How to call APP: auto detects WSGI (environ, start_response) or ASGI "
+                   "(async scope, receive, send; ASGI 2 double callables too). [auto]")
 @click.option("--keeper/--no-keeper", default=None,
               help="Run a resident keeper process in front of the master, so a supervisor "
                    "sees one stable pid across upgrades. [on as PID 1 or under supervisord; "

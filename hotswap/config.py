@@ -58,6 +58,7 @@ class Config:
     upgrade_surge: int = 0  # rolling handover: at most workers + this many during an upgrade; 0: off
     health_path: str | None = None  # each new worker GETs this from the app in-process at boot
     health_url: str | None = None  # probed on the new generation only, before it goes live
+    interface: str = "auto"  # auto: detect WSGI or ASGI from the app's signature; or wsgi, asgi
     config: str | None = None
     # -- TLS, PROXY protocol, sockets (issue 12) --
     certfile: str | None = None  # PEM certificate (chain); TLS on every --bind when set
@@ -92,6 +93,7 @@ class Config:
         _check(self.max_requests_jitter >= 0, "max-requests-jitter must not be negative")
         _check(self.upgrade_timeout > 0, "upgrade-timeout must be positive")
         _check(self.upgrade_mode in ("auto", "manual"), "upgrade-mode must be auto or manual")
+        _check(self.interface in ("auto", "wsgi", "asgi"), "interface must be auto, wsgi or asgi")
         _check(self.watch_window >= 0, "watch-window must not be negative")
         _check(self.upgrade_surge >= 0, "upgrade-surge must not be negative")
         for option, value in (("health-path", self.health_path), ("health-url", self.health_url)):

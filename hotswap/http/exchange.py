@@ -89,6 +89,11 @@ class Exchange:
         out = self._head_bytes(total) if self.state == STARTED else b""
         return out + self._body_bytes(data)
 
+    def flush_head(self) -> bytes:
+        """The head alone, framing fixed now (b"" once it is out): an ASGI stream whose
+        first body message is empty still shows the client its head at once (SSE)."""
+        return self._head_bytes(None) if self.state == STARTED else b""
+
     def end(self) -> bytes:
         """Wire bytes that finish the response: a head nobody wrote, or the last chunk."""
         out = self._head_bytes(0) if self.state == STARTED else b""

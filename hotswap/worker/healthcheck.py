@@ -73,3 +73,40 @@ def _consume(body: Iterable[bytes]) -> None:
         close = getattr(body, "close", None)
         if close is not None:
             close()
+
+
+async def check_asgi_app(app: Callable[..., Any], target: str, state: dict[str, Any]) -> str | None:
+    """The same check for an ASGI app: one in-process `GET target`, None on a 2xx."""
+    parts = urlsplit(target)
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+        "method": "GET", "scheme": "http", "path": parts.path or "/",
+        "raw_path": (parts.path or "/").encode("latin-1"), "query_string": parts.query.encode(),
+        "root_path": "", "headers": [(b"host", b"localhost"),
+                                     (b"user-agent", b"hotswap-health-check")],
+        "client": ("127.0.0.1", 0), "server": ("localhost", 0), "state": state.copy(),
+        "extensions": {"hotswap.health_check": {}},
+    }
+    status: list[int] = []
+    received = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(int(message["status"]))
+
+    try:
+        await app(scope, receive, send)
+    except Exception as exc:
+        return f"health check GET {target} raised {type(exc).__name__}: {exc}"
+    if not status:
+        return f"health check GET {target}: the app never started a response"
+    if not 200 <= status[0] < 300:
+        return f"health check GET {target} answered {status[0]}"
+    return None

@@ -43,6 +43,7 @@ from ..errors import StartupError
 from ..http import response as resp
 from ..http.forwarded import TrustedProxies
 from ..http.request import HttpError, Limits
+from ..interface import resolve as resolve_interface
 from ..logs import Logs
 from ..tls import context_for
 from . import wsgi
@@ -140,9 +141,12 @@ class Worker:
         try:
             self.preambles = self._preambles()
             app = self.spec.app or load_app(self.cfg.app)
+            kind, app = resolve_interface(app, self.cfg.interface, self.cfg.app)
         except StartupError as exc:
             self._tell(b"E" + _one_line(str(exc)) + b"\n")
             return BOOT_FAILED
+        if kind == "asgi":
+            return self._run_asgi(app)
         base_environ = self._base_environ()
         if self.cfg.health_path:
             failure = check_app(app, self.cfg.health_path, base_environ)
@@ -169,6 +173,16 @@ class Worker:
         self._tell(b"B")
         self.last_beat = time.monotonic()
         return self._loop()
+
+    def _run_asgi(self, app: Callable[..., Any]) -> int:
+        """An ASGI app: the asyncio worker serves it, under the same master contract."""
+        from .aio import AsgiWorker
+
+        # The wake pipe stays open: this object's signal handlers (WINCH, HUP, USR1) keep
+        # recording into it until the ASGI worker installs its own, after its lifespan
+        # startup, and reads what they recorded (`booting`).
+        self.epoll.close()
+        return AsgiWorker(self.spec, app, self, BOOT_FAILED).run()
 
     def _base_environ(self) -> dict[str, Any]:
         return {
