@@ -25,8 +25,10 @@ from typing import Any, Literal
 from upgrade import Event, Handover, UpgradeError, Upgrader, names, notify
 from upgrade.parent import describe_exit
 
+from .. import privileges
 from ..config import Config
 from ..errors import StartupError
+from ..hooks import MasterHooks
 from ..logs import Logs
 from ..worker.process import WorkerSpec
 from .gate import GATE_ATTEMPTS, GATE_INTERVAL, HealthProbe, Watch
@@ -64,6 +66,8 @@ class Arbiter:
                                self._in_worker_child)
         self.pool.parked = self.health is not None  # the gate: born parked until healthy
         self.reloader = Reloader(cfg, flags, up, self.pool, self.log)
+        self.hooks = MasterHooks(self)  # the config file's hooks (hotswap.hooks)
+        self.pool.before_fork = self.hooks.pre_fork
         if self.health is not None:
             self.health.before_close = lambda: self.wakeups.forget("probe")
 
@@ -200,7 +204,8 @@ class Arbiter:
             if upgrade is not None and upgrade.phase in ("draining", "watching"):
                 upgrade.unparked()
             return
-        self.reloader.begin()
+        if self.reloader.begin():
+            self.hooks.on_reload()
 
     def _on_ttin(self) -> None:
         self.pool.target += 1
@@ -213,6 +218,7 @@ class Arbiter:
     def _on_usr1(self) -> None:
         """Reopen log files here and in every worker (logrotate)."""
         self.logs.reopen()
+        privileges.hand_over(self.cfg, (), self.log)  # workers reopen the new files too
         self.log.info("USR1: log files reopened")
         self.pool.signal_all(signal.SIGUSR1)
 
@@ -243,9 +249,11 @@ class Arbiter:
             return
         request = self.up.recorder.take_request()
         env = {names.ENV_HEALTH_URL: request["health_url"]} if request.get("health_url") else {}
+        self.hooks.pre_upgrade()
         try:
             handover = self.up.start_upgrade(env)
-        except UpgradeError:
+        except UpgradeError as exc:
+            self.hooks.upgrade_not_started(exc)
             return  # logged and recorded by the Upgrader; we never stopped serving
         handover.before_close = lambda: self.wakeups.forget("upgrade")
 
@@ -271,6 +279,7 @@ class Arbiter:
         upgrade = self.up.handover
         if event is None or upgrade is None:
             return
+        self.hooks.upgrade_event(event, upgrade)
         if event is Event.READY and not upgrade.manual:
             self._park_all()
             upgrade.parking()
@@ -284,6 +293,7 @@ class Arbiter:
         upgrade = self.upgrade
         assert upgrade is not None
         upgrade.commit(why)
+        self.hooks.upgrade_committed(upgrade.pid)
         self.pool.parked = False
         self._begin_stop("graceful")
 
@@ -295,6 +305,7 @@ class Arbiter:
         self._resume_all()
         announce_master(self.pid)  # the keeper's signals come back to us at once
         upgrade.roll_back(reason)
+        self.hooks.upgrade_rolled_back(upgrade.failure)
 
     # -- workers ----------------------------------------------------------------------
 
@@ -312,11 +323,14 @@ class Arbiter:
         for fd in {upgrade.fileno() if upgrade is not None else None, self.up.lineage.ready_fd,
                    self.health.fileno() if self.health is not None else None} - {None}:
             os.close(fd)
+        self.hooks.post_fork()
+        privileges.enter_worker(self.cfg)  # --user/--group: before the app is loaded
 
     def _reap(self) -> None:
         for pid, status in reaped():
             handle = self.pool.remove(pid)
             if handle is not None:
+                self.hooks.child_exit(pid, status)
                 self._worker_exited(handle, status)
             elif self.up.handover is not None and pid == self.up.handover.pid:
                 self._on_upgrade_event(self.up.handover.exited(status))
@@ -376,6 +390,7 @@ class Arbiter:
             self.watch = Watch(self.up, self.health, self.log, lambda: self.wakeups.forget("parent"))
         announce_master(self.pid)
         self.log.info("ready: %d worker(s) booted in %.2f s", len(booted), now - self.started)
+        self.hooks.when_ready()
 
     def _gate_passed(self, now: float) -> bool:
         """With a health URL, our workers wait parked until one probe passes."""
@@ -409,6 +424,7 @@ class Arbiter:
         if self.health is not None:
             self.health.close()
         self.up.close()
+        self.hooks.on_exit()
         self.log.info("master %d exiting", self.pid)
         if self.fatal:
             raise StartupError(self.fatal)

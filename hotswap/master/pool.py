@@ -36,6 +36,7 @@ class WorkerPool:
         self.next_spawn = 0.0
         self.ever_booted = False
         self.stop_deadline = 0.0
+        self.before_fork: Callable[[], None] = lambda: None  # the pre_fork hook
 
     # -- reading ------------------------------------------------------------------------
 
@@ -92,6 +93,7 @@ class WorkerPool:
 
     def spawn(self) -> None:
         parked = self.parked
+        self.before_fork()
         try:
             handle = fork_worker(lambda fd: self.spec_for(fd, parked), self.epoch, self.in_child)
         except OSError as exc:
