@@ -385,12 +385,12 @@ class Arbiter:
         if len(booted) < self.pool.target or not self._gate_passed(now):
             return
         self.state = "serving"
+        self.hooks.when_ready()  # before the old master (if any) hears READY
         self.up.ready()  # READY to the old master first (it parks on it), then PIDFILE
         if self.up.lineage.ready_fd is not None:  # the old master watches us
             self.watch = Watch(self.up, self.health, self.log, lambda: self.wakeups.forget("parent"))
         announce_master(self.pid)
         self.log.info("ready: %d worker(s) booted in %.2f s", len(booted), now - self.started)
-        self.hooks.when_ready()
 
     def _gate_passed(self, now: float) -> bool:
         """With a health URL, our workers wait parked until one probe passes."""
