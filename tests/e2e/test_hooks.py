@@ -217,7 +217,7 @@ def test_a_hook_that_raises_is_logged_and_everything_keeps_serving(
     ("worker = 4\n", "unknown setting 'worker'"),
     ("def on_start(server): pass\n", "unknown hook 'on_start'"),
     ("def when_ready(): pass\n", "hook when_ready must take 1 argument(s): when_ready(server)"),
-    ("workers = 'many'\n", "'workers' must be an integer"),
+    ("workers = str(2)\n", "'workers' must be an integer, got '2'"),
 ])
 def test_a_broken_python_config_is_one_line_and_exit_1(tmp_path: Path, body: str,
                                                        reason: str) -> None:
