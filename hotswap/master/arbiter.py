@@ -68,6 +68,7 @@ class Arbiter:
         self.reloader = Reloader(cfg, flags, up, self.pool, self.log)
         self.hooks = MasterHooks(self)  # the config file's hooks (hotswap.hooks)
         self.pool.before_fork = self.hooks.pre_fork
+        self.pool.abort_on_timeout = lambda: "worker_abort" in self.cfg.hooks
         if self.health is not None:
             self.health.before_close = lambda: self.wakeups.forget("probe")
 

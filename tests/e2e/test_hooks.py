@@ -232,3 +232,38 @@ def test_a_broken_python_config_is_one_line_and_exit_1(tmp_path: Path, body: str
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith(f"hotswap: error: config file {conf}")
     assert reason in done.stderr, done.stderr
+
+
+def test_a_timed_out_worker_gets_sigabrt_and_its_worker_abort_hook_runs(
+        masters: MasterFactory, tmp_path: Path) -> None:
+    out = tmp_path / "abort.out"
+    conf = tmp_path / "abort.conf.py"
+    conf.write_text(f'''
+import os
+def worker_abort(worker):
+    with open({str(out)!r}, "a") as fh:
+        fh.write(f"worker_abort {{os.getpid()}} {{worker.pid}}\\n")
+''')
+    write_app(tmp_path, "hangapp", '''
+import time
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/hang":
+        time.sleep(60)
+    start_response("200 OK", [])
+    return [b"ok"]
+''')
+    port = free_port()
+    m = masters("hangapp:app", "--config", str(conf), "--bind", f"127.0.0.1:{port}",
+                "--workers", "1", "--timeout", "2")
+    [hung] = workers_of(m.pid)
+    try:
+        get(f"http://127.0.0.1:{port}/hang", timeout=20)
+    except OSError:
+        pass  # the worker left without answering
+    wait_for(lambda: out.exists(), 20, what="the worker_abort hook")
+    assert out.read_text() == f"worker_abort {hung} {hung}\n"
+    assert f"worker {hung} timed out (no heartbeat for" in m.log() and "aborting it" in m.log()
+    wait_for(lambda: f"worker {hung} exited with status 1; replacing it" in m.log(),
+             what="the aborted worker to be reaped and replaced")
+    wait_for(lambda: [p for p in workers_of(m.pid) if p != hung], what="a new worker")
+    assert get(f"http://127.0.0.1:{port}/").text == "ok"
