@@ -79,12 +79,18 @@ def enter_worker(cfg: Any) -> None:
     who = resolve(cfg)
     if who is None or (who.uid == os.getuid() and who.gid == os.getgid() and os.getuid() != 0):
         return
-    if who.initgroups and who.user is not None:
-        os.initgroups(who.user, who.gid)
-    else:
-        os.setgroups([who.gid])  # never keep root's supplementary groups
-    os.setgid(who.gid)
-    os.setuid(who.uid)
+    try:
+        if who.initgroups and who.user is not None:
+            os.initgroups(who.user, who.gid)
+        else:
+            os.setgroups([who.gid])  # never keep root's supplementary groups
+        os.setgid(who.gid)
+        os.setuid(who.uid)
+    except OSError as exc:  # the fork's caller exits the child; say why first
+        logging.getLogger("hotswap.error").error(
+            "worker %d cannot switch to uid %d gid %d: %s", os.getpid(), who.uid, who.gid,
+            exc.strerror)
+        raise
 
 
 def hand_over(cfg: Any, listeners: Iterable[Any], log: logging.Logger) -> None:
