@@ -228,9 +228,10 @@ class WorkerHooks:
             self.hooks.call("worker_int", self.worker)
 
     def install_abort(self) -> None:
-        """SIGABRT (sent by nobody but an operator: the master kills a silent worker with
-        SIGKILL): worker_abort, then the worker exits with status 1."""
-        signal.signal(signal.SIGABRT, self._on_abort)
+        """SIGABRT (from the master for a worker silent past --timeout when this hook is
+        defined, or from an operator): worker_abort, then the worker exits with status 1."""
+        if "worker_abort" in self.hooks:  # else SIGABRT keeps its default action
+            signal.signal(signal.SIGABRT, self._on_abort)
 
     def _on_abort(self, signum: int, frame: Any) -> None:
         self.hooks.call("worker_abort", self.worker)
