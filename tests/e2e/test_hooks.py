@@ -267,3 +267,29 @@ def app(environ, start_response):
              what="the aborted worker to be reaped and replaced")
     wait_for(lambda: [p for p in workers_of(m.pid) if p != hung], what="a new worker")
     assert get(f"http://127.0.0.1:{port}/").text == "ok"
+
+
+@pytest.mark.timeout(90)
+def test_a_rollback_calls_on_upgrade_failed_with_rolled_back(masters: MasterFactory,
+                                                               tmp_path: Path) -> None:
+    out = tmp_path / "hooks.out"
+    lines = Lines(out)
+    conf = tmp_path / "app.conf.py"
+    conf.write_text(HOOKS.format(tag="v1", out=str(out)))
+    write_app(tmp_path, "hookapp", APP)
+    port = free_port()
+    m = masters("hookapp:app", "--config", str(conf), "--bind", f"127.0.0.1:{port}",
+                "--workers", "1", "--watch-window", "10")
+    # The new version boots, then its workers crash: the watch window rolls it back.
+    write_app(tmp_path, "hookapp", APP + "import os, threading, time\n"
+              "threading.Thread(target=lambda: (time.sleep(1.5), os._exit(1)), daemon=True).start()\n")
+    m.signal(signal.SIGUSR2)
+    rec = wait_final(m.pidfile, m.pid)
+    assert rec.state == names.STATE_ROLLED_BACK, rec.line()
+    m.extra_pids.add(rec.new)
+    failed = lines.wait("on_upgrade_failed", m.pid)
+    assert failed[2].startswith("rolled_back:"), failed
+    assert lines.of(m.pid)[-4:] == ["pre_upgrade", "pre_exec", "on_upgrade_ready",
+                                    "on_upgrade_failed"]
+    assert "on_upgrade_committed" not in lines.of(m.pid)
+    assert get(f"http://127.0.0.1:{port}/").text == "ok"
