@@ -155,6 +155,7 @@ def test_hooks_run_in_order_through_start_request_hup_upgrades_and_stop(
     rec = wait_final(m.pidfile, m2)
     assert rec.state == names.STATE_FAILED, rec.line()
     m3 = rec.new
+    lines.wait("on_upgrade_failed", m2)  # just after the record says failed
     assert lines.of(m2)[3:] == ["pre_upgrade", "pre_exec", "on_upgrade_failed"]
     assert lines.of(m3) == ["on_starting", "pre_fork", "child_exit", "on_exit"]
     [failed] = [f for f in lines.all() if f[0] == "on_upgrade_failed"]
