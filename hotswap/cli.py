@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ from click.core import ParameterSource
 from pidfiles import MASTER, MISSING, SAME, Finding, Pidfile, procs
 
 from . import __version__
+from .config import ENV_CMD_ARGS, umask_value
 from .errors import StartupError
 from .status import SUSPECT, gather, not_running_message, render
 
@@ -34,7 +36,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("app", required=False)
-@click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML file; flags win.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False),
+              help="TOML file, or Python (.py) with hooks; flags win.")
 @click.option("--bind", "-b", multiple=True,
               help="host:port, [v6]:port, unix:/path or fd://N; repeatable. [127.0.0.1:8000]")
 @click.option("--workers", "-w", type=int, help="Worker processes. [CPU count]")
@@ -118,20 +121,28 @@ def main() -> None:
 @click.option("--log-syslog-facility", help="Syslog facility. [user]")
 @click.option("--statsd-host", help="HOST:PORT of a statsd server (UDP). [off]")
 @click.option("--statsd-prefix", help="Put before every metric name. [none]")
+# -- hooks, privileges, environment (issue 12) --
+@click.option("--user", "-u", help="Workers run as this user (name or uid); the master "
+                                   "keeps its own. [unchanged]")
+@click.option("--group", "-g", help="Workers run as this group (name or gid). [the user's group]")
+@click.option("--umask", "-m", help="Octal file mode mask for the master and workers, e.g. 022. "
+                                    "[inherited]")
+@click.option("--initgroups", is_flag=True, default=None,
+              help="Workers get the user's supplementary groups. [off: only --group]")
+@click.option("--check-config", is_flag=True,
+              help="Read the configuration and import the app, then exit 0 (or 1 with the "
+                   "reason); binds nothing.")
+@click.option("--print-config", is_flag=True,
+              help="Print the effective settings as TOML and exit.")
 def start(**params: Any) -> None:
     """Serve APP (module:callable; the built-in demo app when omitted)."""
-    keeper = params.pop("keeper")
-    ctx = click.get_current_context()
-    flags = {name: value for name, value in params.items()
-             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    if "forwarded_allow_ips" in flags:
-        flags["forwarded_allow_ips"] = [v.strip() for v in flags["forwarded_allow_ips"].split(",")]
-    if "proxy_allow_from" in flags:
-        flags["proxy_allow_from"] = [v.strip() for v in flags["proxy_allow_from"].split(",")]
-    if "bind" in flags:
-        flags["bind"] = list(flags["bind"])
-    if params.get("app"):
-        flags["app"] = params["app"]
+    try:
+        flags, keeper, commands = _start_flags(click.get_current_context(), params)
+    except StartupError as exc:
+        _fail(str(exc))
+        return
+    if commands["check_config"] or commands["print_config"]:
+        _check_config(flags, commands["print_config"])
     from .master.server import serve  # keeps `hotswap status` and friends light
 
     try:
@@ -139,6 +150,73 @@ def start(**params: Any) -> None:
     except StartupError as exc:
         _fail(str(exc))
     sys.exit(code)
+
+
+def _start_flags(ctx: click.Context, params: dict[str, Any]) -> tuple[dict[str, Any], Any, dict]:
+    """The options typed on the command line over those in HOTSWAP_CMD_ARGS (gunicorn's
+    GUNICORN_CMD_ARGS): both win over the config file, the command line over the variable,
+    and a --config on the command line over one in the variable. The merged flags are what
+    HUP applies again over the re-read file."""
+    flags, keeper, commands = _typed_flags(ctx, params)
+    text = os.environ.get(ENV_CMD_ARGS, "")
+    if not text.strip():
+        return flags, keeper, commands
+    try:
+        env_ctx = start.make_context("hotswap start", shlex.split(text))
+    except (click.ClickException, ValueError) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        raise StartupError(f"{ENV_CMD_ARGS}: {message}") from None
+    env_flags, env_keeper, env_commands = _typed_flags(env_ctx, dict(env_ctx.params))
+    if env_flags.get("app"):
+        raise StartupError(f"{ENV_CMD_ARGS}: options only; give APP on the command line")
+    if any(env_commands.values()):
+        raise StartupError(f"{ENV_CMD_ARGS}: --check-config and --print-config are commands, "
+                           "not settings: give them on the command line")
+    return {**env_flags, **flags}, keeper if keeper is not None else env_keeper, commands
+
+
+def _typed_flags(ctx: click.Context, params: dict[str, Any]) -> tuple[dict[str, Any], Any, dict]:
+    """(the options given, typed as Config wants them; --keeper; the check/print commands)."""
+    keeper = params.pop("keeper")
+    commands = {name: bool(params.pop(name)) for name in ("check_config", "print_config")}
+    flags = {name: value for name, value in params.items()
+             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    for name in ("forwarded_allow_ips", "proxy_allow_from"):
+        if name in flags:
+            flags[name] = [v.strip() for v in flags[name].split(",")]
+    if "bind" in flags:
+        flags["bind"] = list(flags["bind"])
+    if "umask" in flags:
+        flags["umask"] = umask_value(flags["umask"], "--umask")
+    if params.get("app"):
+        flags["app"] = params["app"]
+    return flags, keeper, commands
+
+
+def _check_config(flags: dict[str, Any], show: bool) -> None:
+    """--check-config / --print-config: every source read, the app imported; no socket is
+    bound, no pidfile written, no hook run. Exit 0, or 1 with the reason."""
+    from upgrade.reexec import start_directory
+
+    from . import config as config_mod
+    from . import paths
+    from .apploader import load_app
+
+    base = start_directory()
+    try:
+        cfg = paths.resolve_config(config_mod.build(paths.resolve_flags(flags, base)), base)
+        if show:
+            click.echo("\n".join(config_mod.to_toml(cfg)))
+            sys.exit(0)
+        if cfg.chdir:
+            os.chdir(cfg.chdir)
+        load_app(cfg.app)
+    except StartupError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot chdir to {cfg.chdir}: {exc.strerror}")
+    click.echo(f"hotswap: configuration ok (app {cfg.app})", err=True)
+    sys.exit(0)
 
 
 @main.command()

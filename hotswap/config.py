@@ -1,4 +1,4 @@
-"""The server's settings: one typed record, filled from defaults, a TOML file, then flags.
+"""The server's settings: one typed record, filled from defaults, a config file, then flags.
 
 Keeping every setting in one dataclass with its type and default lets the TOML loader
 reject a misspelt key or a wrong type with a precise one-line message, and lets HUP
@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import privileges, pyconfig
 from .errors import StartupError
+from .hooks import Hooks
 
 DEMO_APP = "hotswap.demo:app"
+ENV_CMD_ARGS = "HOTSWAP_CMD_ARGS"  # options, shell-split, under the command line (GUNICORN_CMD_ARGS)
 
 
 def _cpu_count() -> int:
@@ -81,6 +85,12 @@ class Config:
     log_syslog_facility: str = "user"
     statsd_host: str | None = None  # HOST:PORT; UDP, fire-and-forget
     statsd_prefix: str = ""  # put before every metric name (a dot is added)
+    # -- hooks, privileges, environment (issue 12) --
+    user: str | None = None  # workers run as this user (name or uid); the master stays as started
+    group: str | None = None  # ... and group (name or gid); default: the user's primary group
+    umask: int | None = None  # set in the master at start (sockets, pidfile, logs) and in workers
+    initgroups: bool = False  # workers get the user's supplementary groups (else only `group`)
+    hooks: Hooks = field(default_factory=Hooks, repr=False)  # from a .py --config; not an option
 
     def validate(self) -> Config:
         """Reject values that would only fail later, deep in a worker, with a worse message."""
@@ -110,6 +120,8 @@ class Config:
         _check(self.log_level.lower() in levels, f"log-level must be one of {', '.join(levels)}")
         _check(":" in self.app, f"APP must look like module:callable, got {self.app!r}")
         self._validate_issue12()
+        _check(self.umask is None or 0 <= self.umask <= 0o777, "umask must be between 0 and 0o777")
+        privileges.resolve(self)  # an unknown user or group fails here, before anything starts
         return self
 
     def _validate_issue12(self) -> None:
@@ -142,7 +154,8 @@ def _check(ok: bool, message: str) -> None:
         raise StartupError(f"invalid configuration: {message}")
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+NOT_OPTIONS = {"config", "hooks"}  # fields no config file sets
+FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "hooks"}
 _LIST_FIELDS = {"bind", "forwarded_allow_ips", "proxy_allow_from"}
 
 
@@ -150,6 +163,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     """Accept the TOML types a person would write, refuse anything else by name."""
     kind = FIELDS[name].type
     where = f"{source}: '{name.replace('_', '-')}'"
+    if name == "umask":
+        return umask_value(value, where)
+    if name in ("user", "group") and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # a numeric id
     if name in _LIST_FIELDS:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",")] if name != "bind" else [value]
@@ -187,21 +204,78 @@ def read_toml(path: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name not in FIELDS or name == "config":
+        if name not in FIELDS or name in NOT_OPTIONS:
             raise StartupError(f"config file {path}: unknown key '{key}'")
         values[name] = _coerce(name, value, f"config file {path}")
     return values
 
 
+def read_file(path: str) -> dict[str, Any]:
+    """A TOML file's values, or a Python file's values plus its `hooks`."""
+    if not pyconfig.is_python(path):
+        return read_toml(path)
+    raw, hooks = pyconfig.read_python(path, set(FIELDS) - NOT_OPTIONS)
+    values: dict[str, Any] = {name: _coerce(name, value, f"config file {path}")
+                              for name, value in raw.items()}
+    values["hooks"] = hooks
+    return values
+
+
+def umask_value(value: Any, where: str) -> int:
+    """An integer (0o22 in TOML or Python), or a string read as octal: "022", "0o22", "22"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        try:
+            return int(text, 8)
+        except ValueError:
+            pass
+    raise StartupError(f"{where} must be an octal mode such as 022, got {value!r}")
+
+
+def to_toml(cfg: Config) -> list[str]:
+    """`key = value` lines of every option (TOML, so the output can be a config file).
+
+    Unset options (None) are comments: TOML has no null. Hooks are listed as a comment."""
+    lines = []
+    for name in FIELDS:
+        if name in NOT_OPTIONS:
+            continue
+        value = getattr(cfg, name)
+        if value is None:
+            lines.append(f"# {name} is not set")
+        elif name == "umask":
+            lines.append(f"{name} = 0o{value:03o}")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}")
+    if cfg.hooks.functions:
+        lines.append(f"# hooks from {cfg.hooks.path}: {', '.join(cfg.hooks.functions)}")
+    return lines
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
 def build(flags: dict[str, Any]) -> Config:
-    """Defaults, then the TOML file named by --config, then the flags given on the command line.
+    """Defaults, then the file named by --config (TOML, or Python with hooks), then the flags.
 
     `flags` holds only the options the operator actually typed, so a file value is never
-    overridden by a flag's default.
+    overridden by a flag's default. The CLI merges HOTSWAP_CMD_ARGS under the command
+    line into `flags` (see cli.start), which gives gunicorn's precedence: command line >
+    HOTSWAP_CMD_ARGS > config file > defaults, and a --config on the command line wins
+    over one in the variable.
     """
     values: dict[str, Any] = {}
     path = flags.get("config")
     if path:
-        values.update(read_toml(path))
+        values.update(read_file(path))
     values.update({k: v for k, v in flags.items() if v is not None})
     return Config(**values).validate()

@@ -25,8 +25,10 @@ from typing import Any, Literal
 from upgrade import Event, Handover, UpgradeError, Upgrader, names, notify
 from upgrade.parent import describe_exit
 
+from .. import privileges
 from ..config import Config
 from ..errors import StartupError
+from ..hooks import MasterHooks
 from ..logs import Logs
 from ..worker.process import WorkerSpec
 from .gate import GATE_ATTEMPTS, GATE_INTERVAL, HealthProbe, Watch
@@ -67,6 +69,9 @@ class Arbiter:
         self.pool.parked = self.health is not None  # the gate: born parked until healthy
         self.reloader = Reloader(cfg, flags, up, self.pool, self.log)
         self.rolling = Rolling.from_env(os.environ, cfg.workers, self.pool)  # new side, if asked
+        self.hooks = MasterHooks(self)  # the config file's hooks (hotswap.hooks)
+        self.pool.before_fork = self.hooks.pre_fork
+        self.pool.abort_on_timeout = lambda: "worker_abort" in self.cfg.hooks
         if self.health is not None:
             self.health.before_close = lambda: self.wakeups.forget("probe")
 
@@ -208,7 +213,8 @@ class Arbiter:
             if upgrade is not None and upgrade.phase in ("draining", "watching"):
                 upgrade.unparked()
             return
-        self.reloader.begin()
+        if self.reloader.begin():
+            self.hooks.on_reload()
 
     def _on_ttin(self) -> None:
         self.pool.target += 1
@@ -221,6 +227,7 @@ class Arbiter:
     def _on_usr1(self) -> None:
         """Reopen log files here and in every worker (logrotate)."""
         self.logs.reopen()
+        privileges.hand_over(self.cfg, (), self.log)  # workers reopen the new files too
         self.log.info("USR1: log files reopened")
         self.pool.signal_all(signal.SIGUSR1)
 
@@ -251,12 +258,14 @@ class Arbiter:
             return
         request = self.up.recorder.take_request()
         env = {names.ENV_HEALTH_URL: request["health_url"]} if request.get("health_url") else {}
+        self.hooks.pre_upgrade()
         rolling = self.cfg.upgrade_surge > 0 and self.cfg.upgrade_mode == "auto"
         if rolling:
             env[names.ENV_SURGE] = str(self.cfg.upgrade_surge)
         try:
             handover = self.up.start_upgrade(env)
-        except UpgradeError:
+        except UpgradeError as exc:
+            self.hooks.upgrade_not_started(exc)
             return  # logged and recorded by the Upgrader; we never stopped serving
         handover.before_close = lambda: self.wakeups.forget("upgrade")
         handover.rolling = rolling
@@ -284,6 +293,7 @@ class Arbiter:
         upgrade = self.up.handover
         if event is None or upgrade is None:
             return
+        self.hooks.upgrade_event(event, upgrade)
         if event is Event.READY and not upgrade.manual:
             if not upgrade.rolling:  # rolling: our workers leave one by one (BOOTED)
                 self._park_all()
@@ -300,6 +310,7 @@ class Arbiter:
         upgrade = self.upgrade
         assert upgrade is not None
         upgrade.commit(why)
+        self.hooks.upgrade_committed(upgrade.pid)
         self.pool.parked = False
         self._begin_stop("graceful")
 
@@ -312,6 +323,7 @@ class Arbiter:
         self.pool.target = self.cfg.workers  # after a rolling handover: spawn them again
         announce_master(self.pid)  # the keeper's signals come back to us at once
         upgrade.roll_back(reason)
+        self.hooks.upgrade_rolled_back(upgrade.failure)
 
     # -- workers ----------------------------------------------------------------------
 
@@ -329,11 +341,14 @@ class Arbiter:
         for fd in {upgrade.fileno() if upgrade is not None else None, self.up.lineage.ready_fd,
                    self.health.fileno() if self.health is not None else None} - {None}:
             os.close(fd)
+        self.hooks.post_fork()
+        privileges.enter_worker(self.cfg)  # --user/--group: before the app is loaded
 
     def _reap(self) -> None:
         for pid, status in reaped():
             handle = self.pool.remove(pid)
             if handle is not None:
+                self.hooks.child_exit(pid, status)
                 self._worker_exited(handle, status)
             elif self.up.handover is not None and pid == self.up.handover.pid:
                 self._on_upgrade_event(self.up.handover.exited(status))
@@ -388,6 +403,7 @@ class Arbiter:
         if len(booted) < self.pool.target or not self._gate_passed(now):
             return
         self.state = "serving"
+        self.hooks.when_ready()  # before the old master (if any) hears READY
         self.up.ready()  # READY to the old master first (it parks on it), then PIDFILE
         if self.up.lineage.ready_fd is not None:  # the old master watches us
             self.watch = Watch(self.up, self.health, self.log, lambda: self.wakeups.forget("parent"))
@@ -427,6 +443,7 @@ class Arbiter:
             self.health.close()
         self.up.close()
         self.logs.metrics.master(self.up, None)  # statsd: the record's final state (committed)
+        self.hooks.on_exit()
         self.log.info("master %d exiting", self.pid)
         if self.fatal:
             raise StartupError(self.fatal)

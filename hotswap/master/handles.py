@@ -32,6 +32,7 @@ class WorkerHandle:
     parked_since: float | None = None  # set when sent WINCH (park), cleared on resume
     parked_empty: bool = False  # the worker said `P`: parked and holding no connection
     killed: bool = False
+    aborted_at: float | None = None  # sent SIGABRT for a timeout (a worker_abort hook exists)
     _partial: bytes = b""
 
     def feed(self, data: bytes, now: float) -> None:

@@ -18,6 +18,7 @@ from .handles import WorkerHandle, fork_worker
 from .wakeups import Wakeups
 
 FAST_STOP_GRACE = 2.0
+ABORT_GRACE = 1.0  # a timed-out worker sent SIGABRT (for worker_abort) gets this long to go
 SpecFor = Callable[[int, bool], WorkerSpec]  # (status fd, born parked) -> what the worker serves
 
 
@@ -36,6 +37,8 @@ class WorkerPool:
         self.next_spawn = 0.0
         self.ever_booted = False
         self.stop_deadline = 0.0
+        self.before_fork: Callable[[], None] = lambda: None  # the pre_fork hook
+        self.abort_on_timeout: Callable[[], bool] = lambda: False  # a worker_abort hook exists
 
     # -- reading ------------------------------------------------------------------------
 
@@ -92,6 +95,7 @@ class WorkerPool:
 
     def spawn(self) -> None:
         parked = self.parked
+        self.before_fork()
         try:
             handle = fork_worker(lambda fd: self.spec_for(fd, parked), self.epoch, self.in_child)
         except OSError as exc:
@@ -158,10 +162,17 @@ class WorkerPool:
                                  handle.pid)
                 self.kill(handle)
             elif since is None and now - handle.last_seen > timeout:
+                if handle.aborted_at is not None and now - handle.aborted_at < ABORT_GRACE:
+                    continue
                 what = "no heartbeat" if handle.booted else "still booting"
-                self.log.error("worker %d timed out (%s for %.0f s); killing it", handle.pid,
-                               what, now - handle.last_seen)
-                self.kill(handle)
+                abort = self.abort_on_timeout() and handle.aborted_at is None
+                self.log.error("worker %d timed out (%s for %.0f s); %s", handle.pid, what,
+                               now - handle.last_seen, "aborting it" if abort else "killing it")
+                if abort:
+                    handle.aborted_at = now
+                    _signal(handle.pid, signal.SIGABRT)  # its worker_abort hook runs, then it exits
+                else:
+                    self.kill(handle)
 
     def stop(self, graceful: bool, grace: float) -> None:
         """Graceful: every worker retires (finishes what it holds, up to `grace`); else

@@ -18,7 +18,7 @@ from upgrade import UpgradeError, Upgrader, names, report_startup_failure
 from upgrade.reexec import original_argv, start_directory
 
 from .. import config as config_mod
-from .. import paths
+from .. import hooks, paths, privileges
 from ..apploader import load_app
 from ..errors import StartupError
 from ..logs import Logs, redirect_stdio
@@ -73,7 +73,10 @@ def _serve(cfg: config_mod.Config, flags: dict[str, Any], start_dir: str, argv: 
         up = Upgrader(cfg.pidfile, upgrade_timeout=cfg.upgrade_timeout,
                       watch_window=cfg.watch_window, manual=cfg.upgrade_mode == "manual",
                       name=cfg.name, argv=argv, start_dir=start_dir, log=logs.error)
+        hooks.on_starting(cfg, logs.error, up.generation)
+        privileges.apply_umask(cfg)  # before binding: unix socket files get it
         up.listen_all(cfg.bind, cfg.backlog, default=DEFAULT_BIND, reuse_port=cfg.reuse_port)
+        privileges.hand_over(cfg, up.listeners, logs.error)  # logs and sockets, for the workers
     except UpgradeError as exc:
         raise StartupError(str(exc)) from None
     first = up.lineage.parent_pid is None

@@ -40,6 +40,7 @@ from upgrade.proctitle import set_title
 from ..apploader import load_app
 from ..config import Config
 from ..errors import StartupError
+from ..hooks import WorkerHooks
 from ..http import response as resp
 from ..http.forwarded import TrustedProxies
 from ..http.request import HttpError, Limits
@@ -87,6 +88,7 @@ def run(spec: WorkerSpec) -> None:
     except BaseException:
         spec.logs.error.exception("worker crashed")
     finally:
+        WorkerHooks(spec).worker_exit()
         for handler in spec.logs.error.handlers:
             handler.flush()
         os._exit(code)
@@ -96,6 +98,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.cfg = spec.cfg
+        self.hooks = WorkerHooks(spec)  # the config file's worker hooks (hotswap.hooks)
         self.log = spec.logs.error
         self.conns: dict[int, Connection] = {}
         self.shared = {lst.fd: lst for lst in spec.listeners}
@@ -160,7 +163,9 @@ class Worker:
             proxies=TrustedProxies(self.cfg.forwarded_allow_ips),
             log_error=self.log.error,
             log_access=self.spec.logs.access if self.spec.logs.access_enabled else None,
+            hooks=self.hooks.requests(),
         )
+        self.hooks.post_worker_init()
         if self.park_wanted != self.parked:  # WINCH or HUP while the app was loading
             self.parked = self.park_wanted
             self.park_told = not self.parked
@@ -212,6 +217,7 @@ class Worker:
         # Recorded from the start, so a HUP sent while the app still loads is not lost.
         signal.signal(signal.SIGWINCH, self._on_winch)
         signal.signal(signal.SIGHUP, self._on_hup)
+        self.hooks.install_abort()
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])  # blocked since fork_worker, see there
 
@@ -235,6 +241,7 @@ class Worker:
             signal.alarm(math.ceil(self.cfg.graceful_timeout) + 1)
 
     def _on_quit(self, signum: int, frame: Any) -> None:
+        self.hooks.worker_int(signum)
         raise SystemExit(0)
 
     def _on_usr1(self, signum: int, frame: Any) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from ..hooks import NO_REQUEST_HOOKS, RequestHooks
 from ..http import response as resp
 from ..http.exchange import IDLE, STARTED, Exchange
 from ..http.forwarded import TrustedProxies
@@ -38,6 +39,7 @@ class Site:
     log_access: Callable[[dict[str, Any], str, int | None, float, list[tuple[str, str]]], None] | None
     closing: bool = False  # set when the worker retires: every response says Connection: close
     requests: int = field(default=0)
+    hooks: RequestHooks = NO_REQUEST_HOOKS  # pre_request / post_request (hotswap.hooks)
 
 
 class ClientGone(Exception):
@@ -316,6 +318,7 @@ def handle(site: Site, conn: Connection, req: Request) -> bool:
     writer = ResponseWriter(site, conn, exchange)
     environ = build_environ(site, conn, req, stream)
     site.requests += 1
+    hooked = site.hooks.pre_request(req, environ)
     try:
         _run_app(site, environ, writer)
     except BadBody as exc:
@@ -333,6 +336,8 @@ def handle(site: Site, conn: Connection, req: Request) -> bool:
         if exchange.state in (IDLE, STARTED):
             _answer_error(site, conn, exchange, environ, started, 500, "")
         return False
+    finally:
+        site.hooks.post_request(hooked, environ, exchange)
     _log(site, environ, exchange, started)
     if not exchange.reusable:
         return False

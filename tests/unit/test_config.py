@@ -161,7 +161,7 @@ def test_validation_applies_to_file_values_too(tmp_path: Path) -> None:
 def test_every_field_but_config_can_be_set_from_a_file(tmp_path: Path) -> None:
     """The file and the command line offer the same options (the CLI's names, with '_')."""
     samples = {"str": '"x:y"', "str | None": '"x"', "int": "2", "float": "2.5", "bool": "true",
-               "list[str]": '["a"]'}
+               "list[str]": '["a"]', "int | None": "0o22"}
     lines = [f"{name} = {samples[f.type]}" for name, f in config_mod.FIELDS.items()
              if name != "config"]
     values = read_toml(write(tmp_path, "\n".join(lines) + "\n"))
