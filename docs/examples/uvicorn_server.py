@@ -1,0 +1,76 @@
+"""A small ASGI app served by uvicorn (`uvicorn.Server(config).serve(sockets=[sock])`) that
+upgrades in place: `kill -USR2 $(cat $PIDFILE)`.
+
+    PIDFILE=/tmp/uvicorn.pid BIND=127.0.0.1:8000 python docs/examples/uvicorn_server.py
+
+GET / answers {"version": <the VERSION file next to this script, or "v1">, "pid": ...};
+GET /slow/SECONDS sleeps first.
+
+Signals. serve() replaces the handlers of TERM and INT with its own (which sets
+`server.should_exit`) for as long as it runs, then restores them and raises the signal it
+caught once more. So install_signals() is called inside the loop *before* serve():
+- USR2 and QUIT, which uvicorn leaves alone, reach the Upgrader through the loop;
+- TERM and INT run uvicorn's handler (a graceful stop); asyncio's wakeup fd still carries
+  them to the loop, so `up.exit` is set as well, and the signal uvicorn raises again after
+  serve() lands on asyncio's handler instead of killing the process before close().
+No private uvicorn API is used: `started`, `servers`, `server_state` and `should_exit`
+are plain attributes of uvicorn.Server.
+
+Drain. uvicorn's own shutdown closes idle kept-alive connections at once, which fails a
+request a client is sending on one at that moment. So when a newer process serves, this
+one first stops accepting (closes its asyncio servers), answers every request it still
+gets with `Connection: close`, waits until no connection is left (idle ones end at
+uvicorn's keep-alive timeout, 5 s), and only then sets `should_exit`.
+"""
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import uvicorn
+
+from upgrade import Upgrader
+
+VERSION_FILE = Path(__file__).with_name("VERSION")
+VERSION = VERSION_FILE.read_text().strip() if VERSION_FILE.exists() else "v1"
+up = Upgrader(pidfile=os.environ.get("PIDFILE", "/tmp/uvicorn_server.pid"))
+
+
+async def app(scope: dict, receive: object, send: object) -> None:
+    if scope["path"].startswith("/slow/"):
+        await asyncio.sleep(float(scope["path"][len("/slow/"):]))
+    headers = [(b"content-type", b"application/json")]
+    if up.exit.is_set():  # a newer process serves: the client reconnects there
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body",
+                "body": json.dumps({"version": VERSION, "pid": os.getpid()}).encode()})
+
+
+async def follow(server: uvicorn.Server) -> None:
+    """ready() once uvicorn serves; on exit, drain as the module docstring says."""
+    while not server.started:
+        await asyncio.sleep(0.05)
+    up.ready()
+    await up.wait_exit()
+    for listening in server.servers:
+        listening.close()
+    await asyncio.sleep(0.1)  # connections accepted just before are registered
+    while server.server_state.connections:
+        await asyncio.sleep(0.05)
+    server.should_exit = True
+
+
+async def main() -> None:
+    sock = up.listen(os.environ.get("BIND", "127.0.0.1:8000"))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    up.install_signals()  # before serve(), see the module docstring
+    following = asyncio.create_task(follow(server))
+    await server.serve(sockets=[sock])
+    following.cancel()
+    up.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
