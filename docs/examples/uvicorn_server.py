@@ -48,27 +48,23 @@ async def app(scope: dict, receive: object, send: object) -> None:
                 "body": json.dumps({"version": VERSION, "pid": os.getpid()}).encode()})
 
 
-async def follow(server: uvicorn.Server) -> None:
-    """ready() once uvicorn serves; on exit, drain as the module docstring says."""
+async def main() -> None:
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    up.install_signals()  # before serve(), see the module docstring
+    serving = asyncio.create_task(server.serve(sockets=[up.listen(os.environ.get("BIND", "127.0.0.1:8000"))]))
     while not server.started:
+        if serving.done():  # uvicorn could not start: the previous generation goes on serving
+            return serving.result()
         await asyncio.sleep(0.05)
     up.ready()
-    await up.wait_exit()
+    await up.wait_exit()  # a newer process serves, or a stop signal came: drain, see above
     for listening in server.servers:
         listening.close()
     await asyncio.sleep(0.1)  # connections accepted just before are registered
     while server.server_state.connections:
         await asyncio.sleep(0.05)
     server.should_exit = True
-
-
-async def main() -> None:
-    sock = up.listen(os.environ.get("BIND", "127.0.0.1:8000"))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-    up.install_signals()  # before serve(), see the module docstring
-    following = asyncio.create_task(follow(server))
-    await server.serve(sockets=[sock])
-    following.cancel()
+    await serving
     up.close()
 
 
