@@ -2,7 +2,7 @@
 
     PIDFILE=/tmp/asyncio.pid BIND=127.0.0.1:8000 python docs/examples/asyncio_server.py
 
-GET / answers {"version": <the VERSION file next to this script, or "v1">, "pid": ...};
+GET / answers {"version": <the VERSION file next to this script>, "pid": ...};
 GET /slow/SECONDS sleeps first. Connections are kept alive (HTTP/1.1) until the client
 says `Connection: close` or stays idle for 5 s. install_signals() inside the loop routes
 USR2 (upgrade_async(), never blocking the loop) and TERM/INT/QUIT through the loop;
@@ -10,6 +10,12 @@ USR2 (upgrade_async(), never blocking the loop) and TERM/INT/QUIT through the lo
 the server stops accepting, each connection answers what it is given with
 `Connection: close` and ends (idle ones at their keep-alive timeout), and only when every
 connection is done does close() tell the upgrade client `committed`.
+
+Stopping to accept is `loop.remove_reader(sock)`, not `server.close()`: asyncio (3.11)
+accepts a whole batch of connections in one loop turn and attaches each to its server a
+turn or two later; one that finds the server closed by then is dropped without a word
+(its client gets a reset). After remove_reader() nothing new is accepted, and what was
+accepted just before still reaches handle().
 """
 
 import asyncio
@@ -19,8 +25,7 @@ from pathlib import Path
 
 from upgrade import Upgrader
 
-VERSION_FILE = Path(__file__).with_name("VERSION")
-VERSION = VERSION_FILE.read_text().strip() if VERSION_FILE.exists() else "v1"
+VERSION = Path(__file__).with_name("VERSION").read_text().strip()  # what a deploy changes
 up = Upgrader(pidfile=os.environ.get("PIDFILE", "/tmp/asyncio_server.pid"))
 connections: set[asyncio.Task] = set()  # what must finish before this process leaves
 
@@ -30,8 +35,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     try:
         while True:  # one request per turn; idle for 5 s (keep-alive timeout): close
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-            if head.startswith(b"GET /slow/"):
-                await asyncio.sleep(float(head.split()[1][len(b"/slow/"):]))
+            await asyncio.sleep(float(head.split()[1][6:]) if head.startswith(b"GET /slow/") else 0)
             close = b"connection: close" in head.lower() or up.exit.is_set()
             body = json.dumps({"version": VERSION, "pid": os.getpid()}).encode()
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s"
@@ -47,12 +51,14 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 async def main() -> None:
-    server = await asyncio.start_server(handle, sock=up.listen(os.environ.get("BIND", "127.0.0.1:8000")))
+    sock = up.listen(os.environ.get("BIND", "127.0.0.1:8000"))
+    await asyncio.start_server(handle, sock=sock)
     up.install_signals()  # in the loop: USR2 runs upgrade_async(), TERM/INT/QUIT set up.exit
     up.ready()
     await up.wait_exit()
-    server.close()  # stop accepting: the newer process takes the new connections
-    await asyncio.sleep(0.1)  # connections accepted just before get their handler task
+    asyncio.get_running_loop().remove_reader(sock)  # stop accepting (not server.close(): see above)
+    for _ in range(5):  # connections accepted just before start their handler (3 loop turns)
+        await asyncio.sleep(0)
     await asyncio.gather(*connections)  # in-flight requests finish, kept-alive ones close
     up.close()
 

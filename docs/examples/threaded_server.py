@@ -2,7 +2,7 @@
 
     PIDFILE=/tmp/threaded.pid BIND=127.0.0.1:8000 python docs/examples/threaded_server.py
 
-GET / answers {"version": <the VERSION file next to this script, or "v1">, "pid": ...};
+GET / answers {"version": <the VERSION file next to this script>, "pid": ...};
 GET /slow/SECONDS sleeps first (something in flight to drain). On USR2 the Upgrader starts
 this script again from the code on disk; once the new process said READY, `up.exit` is set
 here: serve_forever() stops accepting, every response after that says `Connection: close`
@@ -21,8 +21,7 @@ from pathlib import Path
 
 from upgrade import Upgrader
 
-VERSION_FILE = Path(__file__).with_name("VERSION")
-VERSION = VERSION_FILE.read_text().strip() if VERSION_FILE.exists() else "v1"
+VERSION = Path(__file__).with_name("VERSION").read_text().strip()  # what a deploy changes
 
 
 class Handler(BaseHTTPRequestHandler):
