@@ -212,7 +212,9 @@ class Upgrader:
         On ok, `exit` is set: stop accepting, finish what you hold, close(). With a watch
         window, wait_commit() says whether the new generation stayed."""
         if not self._lock.acquire(blocking=False):
-            return UpgradeResult(False, None, "an upgrade is already running")
+            reason = self.refusal() or "an upgrade is already running"
+            self.refuse(reason)  # recorded: a client following PIDFILE.upgrade learns it at once
+            return UpgradeResult(False, None, reason)
         try:
             try:
                 upgrade = self.start_upgrade()
