@@ -67,6 +67,9 @@ def main() -> None:
 @click.option("--watch-window", type=float,
               help="After the handover, roll back on repeated worker crashes or a failed "
                    "health check for this long (s); 0 commits at once. [10]")
+@click.option("--upgrade-surge", type=int,
+              help="Rolling handover: the new generation starts this many workers, then one per "
+                   "old worker gone; at most workers + this many exist. [0: off]")
 @click.option("--health-path", help="Each new worker GETs this path from the app in-process "
                                     "and boots only on a 2xx. [off]")
 @click.option("--health-url", help="Probed on the new generation only (never the old one) "

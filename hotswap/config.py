@@ -54,6 +54,7 @@ class Config:
     upgrade_timeout: float = 60.0
     upgrade_mode: str = "auto"  # auto: USR2 alone finishes or rolls back; manual: WINCH/QUIT by hand
     watch_window: float = 10.0  # seconds after the handover during which a failure rolls back
+    upgrade_surge: int = 0  # rolling handover: at most workers + this many during an upgrade; 0: off
     health_path: str | None = None  # each new worker GETs this from the app in-process at boot
     health_url: str | None = None  # probed on the new generation only, before it goes live
     config: str | None = None
@@ -70,6 +71,7 @@ class Config:
         _check(self.upgrade_timeout > 0, "upgrade-timeout must be positive")
         _check(self.upgrade_mode in ("auto", "manual"), "upgrade-mode must be auto or manual")
         _check(self.watch_window >= 0, "watch-window must not be negative")
+        _check(self.upgrade_surge >= 0, "upgrade-surge must not be negative")
         for option, value in (("health-path", self.health_path), ("health-url", self.health_url)):
             _check(value is None or value.strip() == value and value != "",
                    f"{option} must not be empty or padded with spaces")

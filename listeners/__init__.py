@@ -9,7 +9,6 @@ from .inherit import (
     InheritError,
     adopt_from_env,
     export_env,
-    make_inheritable,
     reconcile,
 )
 from .sockets import Listener, ListenerError, adopt_fd, close_listener, open_listener
@@ -26,7 +25,6 @@ __all__ = [
     "adopt_from_env",
     "close_listener",
     "export_env",
-    "make_inheritable",
     "open_listener",
     "parse_bind",
     "reconcile",

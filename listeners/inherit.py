@@ -23,20 +23,14 @@ class InheritError(Exception):
     """Malformed inherited-socket variables; str() is one line naming the variable and value."""
 
 
-def export_env(listeners: Sequence[Listener]) -> dict[str, str]:
-    """Environment telling the next generation which fds are its listeners.
+def export_env(fds: Sequence[int]) -> dict[str, str]:
+    """Environment telling the next generation which of its fds are its listeners.
 
     Always contains the key (possibly empty) so that updating a copied
-    environment overrides a stale value.
+    environment overrides a stale value. The fds themselves must cross exec
+    with the same numbers (upgrade.reexec marks them inheritable in the child).
     """
-    return {ENV_FDS: ",".join(str(listener.fd) for listener in listeners)}
-
-
-def make_inheritable(listeners: Sequence[Listener]) -> None:
-    """Let the fds survive exec; meant for the forked child only, so the parent's other
-    children (workers' subprocesses, the app's) never inherit them."""
-    for listener in listeners:
-        os.set_inheritable(listener.fd, True)
+    return {ENV_FDS: ",".join(str(int(fd)) for fd in fds)}
 
 
 def adopt_from_env(environ: MutableMapping[str, str], pid: int | None = None) -> list[Listener]:

@@ -28,7 +28,13 @@ from listeners import (
 
 from .errors import UpgradeError
 from .names import ENV_FOREIGN_FDS, ENV_GENERATION, ENV_PARENT_PID
-from .readiness import ReadinessError, announce_failure, announce_ready, ready_fd_from_env
+from .readiness import (
+    ReadinessError,
+    announce_booted,
+    announce_failure,
+    announce_ready,
+    ready_fd_from_env,
+)
 
 
 @dataclass
@@ -54,6 +60,11 @@ class Lineage:
             return True
         self.close()
         return False
+
+    def booted(self, count: int) -> None:
+        """Rolling handover: tell the previous master how many of our workers serve."""
+        if self.ready_fd is not None and not announce_booted(self.ready_fd, count):
+            self.close()
 
     def parent_alive(self) -> bool:
         """The previous master still runs (it is our parent until it exits)."""

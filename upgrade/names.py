@@ -21,10 +21,12 @@ ENV_GENERATION = "HOTSWAP_GENERATION"
 ENV_FOREIGN_FDS = "HOTSWAP_FOREIGN_FDS"  # sockets made by someone else: never unlinked
 ENV_KEEPER_FD = "HOTSWAP_KEEPER_FD"  # write end to the keeper: "MASTER <pid>\n" (see hotswap.master.keeper)
 ENV_HEALTH_URL = "HOTSWAP_HEALTH_URL"  # `hotswap upgrade --health-url`, for this upgrade only
+ENV_SURGE = "HOTSWAP_SURGE"  # rolling handover: start this many workers, then one per old one gone
 
 # -- the readiness pipe (new master -> old master), one line per message --------------
 READY = "READY"  # "READY <pid>": booted, healthy, serving
 FAILED = "FAILED"  # "FAILED <reason>": before READY, gave up; after it, asks for a rollback
+BOOTED = "BOOTED"  # "BOOTED <n>" (rolling handover, after READY): n new workers serve
 
 # -- files next to PIDFILE ------------------------------------------------------------
 SUFFIX_STATE = ".upgrade"  # the running (or last) upgrade's state, one line, see below

@@ -41,6 +41,7 @@ class Event(enum.Enum):
     FAILED = "failed"  # it never became ready; nothing was disturbed, the upgrade is over
     ROLLBACK = "rollback"  # it must not stay: serve again here, then call roll_back()
     COMMIT = "commit"  # the watch window passed: this generation may leave
+    BOOTED = "booted"  # rolling handover: `new_booted` new workers serve; retire as many
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Handover:
     timeout: float
     watch_window: float
     manual: bool = False  # an operator drives it: WINCH parks, QUIT commits
+    rolling: bool = False  # old workers leave one per new worker booted (BOOTED), not parked
     started: float = field(default_factory=time.monotonic)
     phase: Phase = "starting"
     failure: str = ""
@@ -63,6 +65,8 @@ class Handover:
     parked_at: float | None = None
     watch_until: float = 0.0
     gone: bool = False  # the new master exited (and was reaped)
+    new_booted: int = 0  # rolling handover: new workers serving, as the new master last said
+    before_close: Callable[[], None] | None = None  # lets an owner's selector forget the fd first
 
     # -- what the owner feeds in --------------------------------------------------------
 
@@ -80,12 +84,17 @@ class Handover:
                 return None
             if outcome.kind == "ready":
                 return self._became_ready()
+            if outcome.kind == "booted":
+                return None  # progress before READY means nothing yet
             self.failure = outcome.reason if outcome.kind == "failed" else self.failure
             self.close_reader()  # it gave up or died: exited() will say how
             return None
         outcome = self.reader.read_next()
         if outcome is None:
             return None
+        if outcome.kind == "booted":
+            self.new_booted = outcome.count
+            return Event.BOOTED
         self.close_reader()
         if outcome.kind == "failed" and self.phase not in ("rolling back", "committing"):
             self.failure = outcome.reason
@@ -181,8 +190,9 @@ class Handover:
 
     def abandon(self, reason: str) -> None:
         """The old master is stopping before the new one is ready: stop it too."""
-        if self.phase == "starting":
+        if self.phase == "starting" and self.term_sent is None:
             self.failure = reason
+            self.term_sent = time.monotonic()  # tick() escalates to SIGKILL
             _signal(self.pid, signal.SIGTERM)
 
     def finish(self) -> None:
@@ -212,6 +222,8 @@ class Handover:
 
     def close_reader(self) -> None:
         if not self.reader.closed:
+            if self.before_close is not None:
+                self.before_close()
             self.reader.close()
 
     # -- inside ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Literal
 
-from .names import ENV_READY_FD, FAILED, READY
+from .names import BOOTED, ENV_READY_FD, FAILED, READY
 
 # A message longer than this is not a message: refuse it rather than buffer a
 # misbehaving writer's output forever. Writers cap the reason well below it.
@@ -36,9 +36,10 @@ class ReadinessError(Exception):
 class Outcome:
     """What the new master told us (or that it died without telling)."""
 
-    kind: Literal["ready", "failed", "eof"]
+    kind: Literal["ready", "failed", "eof", "booted"]
     pid: int | None = None
     reason: str = ""
+    count: int = 0  # "booted": how many new workers serve
 
 
 def fold_line(text: str, limit: int = MAX_REASON) -> str:
@@ -88,6 +89,11 @@ def announce_ready(fd: int, pid: int, keep_open: bool = False) -> bool:
     the old master to roll back. False when the old master is already gone.
     """
     return _send_line(fd, f"{READY} {int(pid)}\n", close=not keep_open)
+
+
+def announce_booted(fd: int, count: int) -> bool:
+    """Rolling handover: `count` new workers serve, so as many old ones may go."""
+    return _send_line(fd, f"{BOOTED} {int(count)}\n", close=False)
 
 
 def announce_failure(fd: int, reason: str) -> None:
@@ -150,6 +156,8 @@ def _parse_line(raw: bytes) -> Outcome:
         return Outcome("ready", pid=int(rest))
     if word == FAILED:
         return Outcome("failed", reason=rest.strip() or "unknown reason")
+    if word == BOOTED and rest.isascii() and rest.isdigit():
+        return Outcome("booted", count=int(rest))
     return Outcome("failed", reason=f"bad readiness message: {fold_line(line, 200)!r}")
 
 
@@ -184,8 +192,10 @@ class ReadinessReader:
             return self._outcome
         if self._closed:
             raise ValueError("ReadinessReader is closed")
-        self._outcome = self._drain()
-        return self._outcome
+        outcome = self._drain()
+        if outcome is not None and outcome.kind != "booted":  # progress, not an outcome
+            self._outcome = outcome
+        return outcome
 
     def read_next(self) -> Outcome | None:
         """After READY: the next message (a FAILED asking for a rollback, or EOF), else None."""

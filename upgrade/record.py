@@ -109,7 +109,7 @@ class UpgradeRecord:
         if self.state == names.STATE_READY:
             return f"new master {self.new} ready in {self.ready or 0:.2f} s"
         if self.state == names.STATE_DRAINING:
-            return f"old workers of {self.old} parked; finishing what they hold"
+            return f"old workers of {self.old} stopped accepting; finishing what they hold"
         if self.state == names.STATE_WATCHING:
             return f"handover done in {self.handover or 0:.2f} s; watch window runs"
         return f"upgrade {self.id} is {self.state}"

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from listeners import export_env
+
 from .names import ENV_FDS, ENV_GENERATION, ENV_KEEPER_FD, ENV_PARENT_PID, ENV_READY_FD, FAILED
 from .readiness import fold_line
 
@@ -97,7 +99,7 @@ def _child_environment(
     environ = dict(os.environ if env is None else env)
     if os.path.isabs(cwd):
         environ["PWD"] = cwd
-    environ[ENV_FDS] = ",".join(str(fd) for fd in listen_fds)
+    environ.update(export_env(listen_fds))
     environ[ENV_PARENT_PID] = str(os.getpid())
     environ[ENV_READY_FD] = str(write_fd)
     environ[ENV_GENERATION] = str(generation)

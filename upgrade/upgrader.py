@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
-from listeners import Listener, ListenerError, close_listener
+from listeners import BindError, Listener, ListenerError, close_listener, parse_bind
 from pidfiles import AlreadyRunning, Pidfile, PidfileError, procs
 
 from . import names, notify, proctitle
@@ -78,6 +78,7 @@ class Upgrader:
         self.exit = Flag()  # set when a newer generation serves: stop accepting and drain
         self._settled = Flag()  # the last upgrade committed or rolled back
         self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task[UpgradeResult]] = set()
         self._claimed = False
         proctitle.set_title("master", name)
         try:
@@ -102,8 +103,12 @@ class Upgrader:
     def listen(self, address: str, backlog: int = 2048) -> socket.socket:
         """A listening socket for `address` ("host:port", "[::1]:port", "unix:/path",
         "fd://3"): the one the previous generation passed, else a new one."""
+        try:
+            spec = parse_bind(address)
+        except BindError as exc:
+            raise UpgradeError(str(exc)) from None
         for listener in self.listeners:
-            if listener.spec == address or str(listener.spec) == address:
+            if listener.matches(spec) or str(listener.spec) == str(spec):
                 return listener.sock
         listener = self._inherited.take([address], backlog)[0]
         self.listeners.append(listener)
@@ -259,9 +264,7 @@ class Upgrader:
             loop = None
         stops = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
         if loop is not None:
-            running = loop
-            loop.add_signal_handler(signal.SIGUSR2,
-                                    lambda: running.create_task(self.upgrade_async()))
+            loop.add_signal_handler(signal.SIGUSR2, self._upgrade_task, loop)
             for signum in stops:
                 loop.add_signal_handler(signum, self.exit.set)
             return
@@ -269,6 +272,11 @@ class Upgrader:
             target=self.upgrade, daemon=True, name="upgrade").start())
         for signum in stops:
             signal.signal(signum, lambda *_: self.exit.set())
+
+    def _upgrade_task(self, loop: asyncio.AbstractEventLoop) -> None:
+        task = loop.create_task(self.upgrade_async())
+        self._tasks.add(task)  # the loop keeps only a weak reference to its tasks
+        task.add_done_callback(self._tasks.discard)
 
     # -- leaving ----------------------------------------------------------------------------
 

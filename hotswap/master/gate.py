@@ -9,10 +9,13 @@ the old master roll back to the code it still holds.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+from collections.abc import Callable
 
 from listeners import Listener, close_listener
+from upgrade import Upgrader
 
 from .probe import PROBE_TIMEOUT, RunningProbe, open_probe_listener, read_answer, start_probe
 
@@ -33,6 +36,7 @@ class HealthProbe:
         self.failures = 0
         self.last_failure = ""
         self.next_at = 0.0
+        self.before_close: Callable[[], None] | None = None  # the owner's selector forgets the fd
 
     def poll(self, now: float, attempts: int, interval: float) -> str | None:
         """None while undecided; "" once a probe passed; the reason after `attempts` failures."""
@@ -46,8 +50,7 @@ class HealthProbe:
                 return None
             answer = f"health check {self.url}: no answer within {PROBE_TIMEOUT:g} s"
             _kill(self.running.pid)
-        os.close(self.running.fd)
-        self.running = None
+        self._close_running()
         self.next_at = now + interval
         if answer == "":
             self.failures = 0
@@ -62,26 +65,65 @@ class HealthProbe:
     def close(self) -> None:
         if self.running is not None:
             _kill(self.running.pid)
-            os.close(self.running.fd)
-            self.running = None
+            self._close_running()
         close_listener(self.listener, unlink=False)
+
+    def _close_running(self) -> None:
+        assert self.running is not None
+        if self.before_close is not None:
+            self.before_close()
+        os.close(self.running.fd)
+        self.running = None
 
 
 class Watch:
-    """Counts what goes wrong in the new generation while the old one can still come back."""
+    """While the old master can still roll back (its watch window): report what goes wrong
+    here as `FAILED <reason>`, once. Ends when the old master commits (it exits and closes
+    its end of the pipe) or when a rollback was asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, up: Upgrader, health: HealthProbe | None, log: logging.Logger,
+                 before_close: Callable[[], None]) -> None:
+        self.up = up
+        self.health = health
+        self.log = log
+        self.before_close = before_close
         self.crashes = 0
-        self.last_crash = ""
+        self.over = False
 
-    def crashed(self, description: str) -> str | None:
-        """Record one unexpected worker exit; the rollback reason once they repeat."""
+    def fileno(self) -> int | None:
+        """Becomes readable (an error) once the old master closed its end."""
+        return None if self.over else self.up.lineage.ready_fd
+
+    def check(self, now: float, stopping: bool) -> None:
+        if self.over:
+            return
+        if not self.up.lineage.parent_alive():
+            self.log.info("previous master %s committed the upgrade", self.up.lineage.parent_pid)
+            self.end()
+        elif self.health is not None and not stopping:
+            failure = self.health.poll(now, WATCH_ATTEMPTS, WATCH_INTERVAL)
+            if failure:
+                self._ask_rollback(failure)
+
+    def crashed(self, description: str) -> None:
+        """One unexpected worker exit; a rollback is asked for once they repeat."""
         self.crashes += 1
-        self.last_crash = description
-        if self.crashes >= CRASHES_FOR_ROLLBACK:
-            return (f"new workers keep crashing ({self.crashes} in the watch window; "
-                    f"last: {description})")
-        return None
+        if not self.over and self.crashes >= CRASHES_FOR_ROLLBACK:
+            self._ask_rollback(f"new workers keep crashing ({self.crashes} in the watch window; "
+                               f"last: {description})")
+
+    def end(self) -> None:
+        """The old master committed (or is rolling back): the channel is of no more use."""
+        if not self.over:
+            self.over = True
+            self.before_close()
+            self.up.lineage.close()
+
+    def _ask_rollback(self, reason: str) -> None:
+        self.log.error("asking the previous master to roll back: %s", reason)
+        self.over = True
+        self.before_close()
+        self.up.fail(reason)
 
 
 def _kill(pid: int) -> None:

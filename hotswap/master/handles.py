@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from upgrade.parent import describe_exit
+
 from ..worker import process as worker_mod
 
 
@@ -57,6 +59,14 @@ class WorkerHandle:
             data = data[1:]
 
 
+    def boot_failure(self, status: int) -> str:
+        """Why it did not boot, for the log and for an old master waiting on us."""
+        if self.boot_error:
+            return self.boot_error
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == worker_mod.BOOT_FAILED:
+            return f"worker {self.pid} could not load the app"
+        return f"worker {self.pid} {describe_exit(status)} while booting"
+
     def parked(self, now: float) -> None:
         self.parked_since = now
         self.parked_empty = False
@@ -92,15 +102,3 @@ def fork_worker(spec_for: Callable[[int], worker_mod.WorkerSpec], epoch: int,
     os.close(write_fd)
     os.set_blocking(read_fd, False)
     return WorkerHandle(pid=pid, fd=read_fd, epoch=epoch)
-
-
-def describe_exit(status: int) -> str:
-    """`exited with status 3` / `killed by signal 9 (SIGKILL)`, for the error log."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = "?"
-        return f"killed by signal {sig} ({name})"
-    return f"exited with status {os.waitstatus_to_exitcode(status)}"

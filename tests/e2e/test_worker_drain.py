@@ -200,6 +200,9 @@ def test_upgrades_under_connection_per_request_load(masters, tmp_path: Path, bat
     assert outcomes[-1].answer is not None and outcomes[-1].answer["version"] == f"v{ROUNDS}"
 
 
+GRACEFUL_TIMEOUT = 3.0
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("batch", [1, 2])
 def test_term_stops_under_connection_per_request_load(masters, tmp_path: Path, batch: int):
@@ -209,7 +212,7 @@ def test_term_stops_under_connection_per_request_load(masters, tmp_path: Path, b
     totals = {"requests": 0, "after_term_refused": 0, "after_term_dropped": 0}
     for _ in range(ROUNDS):
         m = masters("app:app", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                    "--graceful-timeout", "3", cwd=tmp_path)
+                    "--graceful-timeout", str(GRACEFUL_TIMEOUT), cwd=tmp_path)
         drains.append(one_term_stop(m, port, tmp_path, totals))
     print(f"\nbatch {batch}: {totals}, drains {[round(d, 3) for d in drains]}")
 
@@ -233,7 +236,10 @@ def one_term_stop(m, port: int, folder: Path, totals: dict[str, int]) -> float:
     assert not dropped, f"reached the app, not answered:\n{report(dropped)}"
     longest = max((o.latency for o in in_flight_at(outcomes, term_at)), default=0.0)
     drain = exited_at - term_at
-    assert drain < longest + 1.0, f"drain {drain:.3f} s, longest request in flight {longest:.3f} s"
+    # A worker that kept accepting would never run dry under this load and be killed at the
+    # graceful timeout (3 s); one that stopped accepting leaves with its last request.
+    assert drain < GRACEFUL_TIMEOUT, (f"drain {drain:.3f} s reached the graceful timeout; longest "
+                                      f"request in flight {longest:.3f} s")
     after = [o for o in outcomes if o not in before]
     totals["requests"] += len(outcomes)
     totals["after_term_refused"] += sum(1 for o in after if o.connected is None)

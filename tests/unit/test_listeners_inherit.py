@@ -1,4 +1,4 @@
-"""export_env / make_inheritable / adopt_from_env / reconcile, with real child processes."""
+"""export_env / adopt_from_env / reconcile, with real child processes."""
 
 import gc
 import json
@@ -19,7 +19,6 @@ from listeners import (
     adopt_from_env,
     close_listener,
     export_env,
-    make_inheritable,
     open_listener,
     parse_bind,
     reconcile,
@@ -182,29 +181,23 @@ def _one_line(err: Exception) -> str:
     return text
 
 
-# --- export_env / make_inheritable -----------------------------------------
+# --- export_env -----------------------------------------------------------
 
 
 def test_export_env_lists_fds_without_touching_inheritability(opened):
     opened.extend(open_listener(parse_bind("127.0.0.1:0")) for _ in range(2))
-    env = export_env(opened)
+    env = export_env([listener.fd for listener in opened])
     assert env == {ENV_FDS: f"{opened[0].fd},{opened[1].fd}"}
     assert not any(os.get_inheritable(listener.fd) for listener in opened)
     assert export_env([]) == {ENV_FDS: ""}
 
 
-@pytest.mark.parametrize("handover", ["pass_fds", "make_inheritable"])
-def test_round_trip_through_a_real_child(opened, spawn, tmp_path, handover):
+def test_round_trip_through_a_real_child(opened, spawn, tmp_path):
     opened.append(open_listener(parse_bind("127.0.0.1:0")))
     opened.append(open_listener(parse_bind(f"unix:{tmp_path / 'rt.sock'}")))
     fds = [listener.fd for listener in opened]
-    env = {**os.environ, **export_env(opened)}
-    if handover == "pass_fds":
-        proc = spawn(CHILD_ADOPT, env=env, pass_fds=fds)
-    else:  # the way the upgrade code does it: between fork and exec
-        proc = spawn(CHILD_ADOPT, env=env, close_fds=False,
-                     preexec_fn=lambda: make_inheritable(opened))
-        assert not any(os.get_inheritable(fd) for fd in fds), "parent fds must stay private"
+    env = {**os.environ, **export_env(fds)}
+    proc = spawn(CHILD_ADOPT, env=env, pass_fds=fds)
     report = _read_report(proc)
     assert report["fds"] == fds
     assert report["addresses"] == [opened[0].address(), f"unix:{tmp_path / 'rt.sock'}"]
