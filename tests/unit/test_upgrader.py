@@ -246,6 +246,30 @@ def test_upgrade_refused_while_the_previous_generation_lives(old: Old) -> None:
 # -- failures --------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(30)
+def test_close_during_a_starting_upgrade_stops_the_new_generation(old: Old) -> None:
+    """TERM (exit, then close()) while upgrade() waits for a new generation: that one must
+    not live on as an orphan serving our sockets, and the record must say why."""
+    unix = f"unix:{old.dir}/a.sock"
+    up = old.upgrader(mode="hang", addrs=(unix,), upgrade_timeout=20)
+    up.listen(unix)
+    up.ready()
+    results: list[Any] = []
+    upgrading = threading.Thread(target=lambda: results.append(up.upgrade()))
+    upgrading.start()
+    child = old.seen()["pid"]  # it adopted our sockets and hangs before ready()
+    up.close()
+    upgrading.join(15)
+    assert not alive(child), "the new generation outlived the old one's close()"
+    assert results and not results[0].ok
+    rec = old.record()
+    assert rec.state == names.STATE_FAILED and "stopping" in rec.reason
+    assert not (old.dir / "a.sock").exists()  # nobody serves it any more
+    assert not old.pidfile.exists()
+
+
+
+
 def test_upgrade_timeout_stops_a_hung_new_generation(old: Old) -> None:
     up = old.upgrader(mode="hang", upgrade_timeout=1)
     up.ready()
