@@ -78,6 +78,27 @@ def main() -> None:
               help="Run a resident keeper process in front of the master, so a supervisor "
                    "sees one stable pid across upgrades. [on as PID 1 or under supervisord; "
                    "off under systemd or with --daemon]")
+# -- TLS, PROXY protocol, sockets (issue 12) --
+@click.option("--certfile", type=click.Path(dir_okay=False),
+              help="PEM certificate (chain): serve HTTPS on every --bind. Read again by "
+                   "each upgrade and HUP. [off]")
+@click.option("--keyfile", type=click.Path(dir_okay=False),
+              help="PEM private key of --certfile. [in certfile]")
+@click.option("--ca-certs", type=click.Path(dir_okay=False),
+              help="CA bundle client certificates are verified against.")
+@click.option("--cert-reqs", type=click.IntRange(0, 2),
+              help="Client certificate: 0 none, 1 optional, 2 required (gunicorn's values). [0]")
+@click.option("--ciphers", help="OpenSSL cipher list for TLS 1.2. [OpenSSL's default]")
+@click.option("--proxy-protocol", is_flag=True, default=None,
+              help="Read a PROXY v1/v2 header (HAProxy, AWS NLB) from --proxy-allow-from peers "
+                   "and take the client address from it. [off]")
+@click.option("--proxy-allow-from",
+              help="Comma-separated peers that must send a PROXY header, or '*'. "
+                   "[127.0.0.1,::1]")
+@click.option("--reuse-port", is_flag=True, default=None,
+              help="SO_REUSEPORT on the TCP sockets this server opens. [off]")
+@click.option("--server-header/--no-server-header", default=None,
+              help="Send 'Server: hotswap/VERSION'. [on]")
 def start(**params: Any) -> None:
     """Serve APP (module:callable; the built-in demo app when omitted)."""
     keeper = params.pop("keeper")
@@ -86,6 +107,8 @@ def start(**params: Any) -> None:
              if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     if "forwarded_allow_ips" in flags:
         flags["forwarded_allow_ips"] = [v.strip() for v in flags["forwarded_allow_ips"].split(",")]
+    if "proxy_allow_from" in flags:
+        flags["proxy_allow_from"] = [v.strip() for v in flags["proxy_allow_from"].split(",")]
     if "bind" in flags:
         flags["bind"] = list(flags["bind"])
     if params.get("app"):

@@ -8,6 +8,7 @@ re-read the file and rebuild the same record without any global state.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -58,6 +59,16 @@ class Config:
     health_path: str | None = None  # each new worker GETs this from the app in-process at boot
     health_url: str | None = None  # probed on the new generation only, before it goes live
     config: str | None = None
+    # -- TLS, PROXY protocol, sockets (issue 12) --
+    certfile: str | None = None  # PEM certificate (chain); TLS on every --bind when set
+    keyfile: str | None = None  # PEM private key; none: the key is in certfile
+    ca_certs: str | None = None  # CA bundle client certificates are verified against
+    cert_reqs: int = 0  # gunicorn's values: 0 no client certificate, 1 optional, 2 required
+    ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites: OpenSSL's)
+    proxy_protocol: bool = False  # PROXY v1/v2 header required from --proxy-allow-from peers
+    proxy_allow_from: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    reuse_port: bool = False  # SO_REUSEPORT on the TCP listeners this server opens
+    server_header: bool = True  # send `Server: hotswap/VERSION`
 
     def validate(self) -> Config:
         """Reject values that would only fail later, deep in a worker, with a worse message."""
@@ -85,7 +96,32 @@ class Config:
         levels = ("debug", "info", "warning", "error", "critical")
         _check(self.log_level.lower() in levels, f"log-level must be one of {', '.join(levels)}")
         _check(":" in self.app, f"APP must look like module:callable, got {self.app!r}")
+        self._validate_issue12()
         return self
+
+    def _validate_issue12(self) -> None:
+        """TLS and PROXY options (issue 12); the files themselves are loaded by hotswap.tls."""
+        _check(self.cert_reqs in (0, 1, 2), "cert-reqs must be 0 (none), 1 (optional) or 2 (required)")
+        for option in ("certfile", "keyfile", "ca_certs", "ciphers"):
+            value = getattr(self, option)
+            _check(value is None or (value != "" and value.strip() == value),
+                   f"{option.replace('_', '-')} must not be empty or padded with spaces")
+        _check(self.certfile is not None or (self.keyfile is None and self.ca_certs is None
+                                             and self.ciphers is None and not self.cert_reqs),
+               "keyfile, ca-certs, cert-reqs and ciphers need a certfile")
+        _check(not self.cert_reqs or self.ca_certs is not None,
+               "cert-reqs 1 or 2 needs ca-certs (the CA client certificates are checked against)")
+        for entry in self.proxy_allow_from:
+            _check(entry == "*" or _is_network(entry),
+                   f"proxy-allow-from: {entry!r} is not an address, a network or *")
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+        return True
+    except ValueError:
+        return False
 
 
 def _check(ok: bool, message: str) -> None:
@@ -94,7 +130,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_LIST_FIELDS = {"bind", "forwarded_allow_ips"}
+_LIST_FIELDS = {"bind", "forwarded_allow_ips", "proxy_allow_from"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import Config
 
-FILE_KEYS = ("pidfile", "error_log", "access_log", "config")
+FILE_KEYS = ("pidfile", "error_log", "access_log", "config", "certfile", "keyfile", "ca_certs")
 
 
 def absolute(path: str, base: str) -> str:

@@ -50,14 +50,16 @@ def adopt_from_env(environ: MutableMapping[str, str], pid: int | None = None) ->
 
 
 def reconcile(
-    adopted: list[Listener], wanted: Sequence[BindSpec], backlog: int = 2048
+    adopted: list[Listener], wanted: Sequence[BindSpec], backlog: int = 2048,
+    reuse_port: bool = False,
 ) -> tuple[list[Listener], list[Listener]]:
     """Decide which adopted sockets to keep serving, open what is missing.
 
     Returns (serving, unwanted); serving follows the order of `wanted`. With
     no `wanted` at all, everything adopted is served (socket activation
     without --bind). On failure the sockets opened here are closed and the
-    adopted ones are left as they were.
+    adopted ones are left as they were. Adopted sockets keep their options (SO_REUSEPORT
+    included): `reuse_port` applies to the ones opened here.
     """
     if not wanted:
         return list(adopted), []
@@ -66,7 +68,7 @@ def reconcile(
     fresh: list[tuple[Listener, bool]] = []  # (listener, opened by us rather than lent via fd://)
     try:
         for spec in wanted:
-            _serve_one(spec, pool, serving, fresh, backlog)
+            _serve_one(spec, pool, serving, fresh, backlog, reuse_port)
     except BaseException:
         _undo(fresh)
         raise
@@ -79,6 +81,7 @@ def _serve_one(
     serving: list[Listener],
     fresh: list[tuple[Listener, bool]],
     backlog: int,
+    reuse_port: bool = False,
 ) -> None:
     if any(listener.matches(spec) for listener in serving):
         return  # the same address listed twice: one socket serves both
@@ -87,7 +90,7 @@ def _serve_one(
             pool.remove(listener)
             serving.append(listener)
             return
-    listener = open_listener(spec, backlog)
+    listener = open_listener(spec, backlog, reuse_port)
     fresh.append((listener, spec.kind != "fd"))
     serving.append(listener)
 

@@ -79,10 +79,14 @@ class Listener:
         return family == self.sock.family and _same_ip(sockaddr[0], mine.host or "")
 
 
-def open_listener(spec: BindSpec, backlog: int = 2048) -> Listener:
-    """Open a non-blocking, non-inheritable listening socket for `spec`."""
+def open_listener(spec: BindSpec, backlog: int = 2048, reuse_port: bool = False) -> Listener:
+    """Open a non-blocking, non-inheritable listening socket for `spec`.
+
+    `reuse_port` sets SO_REUSEPORT on a TCP socket (other processes of the same user may
+    then bind the same port, each with its own accept queue); unix sockets ignore it.
+    """
     if spec.kind == "tcp":
-        return _open_tcp(spec, backlog)
+        return _open_tcp(spec, backlog, reuse_port)
     if spec.kind == "unix":
         return _open_unix(spec, backlog)
     if spec.kind == "fd" and spec.fd is not None:
@@ -144,7 +148,7 @@ def _same_ip(a: str, b: str) -> bool:
         return a == b
 
 
-def _open_tcp(spec: BindSpec, backlog: int) -> Listener:
+def _open_tcp(spec: BindSpec, backlog: int, reuse_port: bool = False) -> Listener:
     try:
         family, socktype, proto, _, sockaddr = _resolve(spec)
     except socket.gaierror as err:
@@ -154,6 +158,8 @@ def _open_tcp(spec: BindSpec, backlog: int) -> Listener:
     sock = socket.socket(family, socktype, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # Without V6ONLY, [::]:80 would also grab 0.0.0.0:80 and clash with an explicit v4 bind.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

@@ -2,8 +2,8 @@
 # Install what the test suite needs on a fresh Debian machine: the package with its
 # test extra, shellcheck (lints scripts/hotswap-upgrade.sh), busybox (runs that script with
 # busybox's sh and tools too), systemd-socket-activate (the socket-activation upgrade test),
-# supervisor (the supervisord test) and util-linux's unshare/nsenter (the PID 1 test). Safe
-# to run again: it installs only what is missing.
+# supervisor (the supervisord test), util-linux's unshare/nsenter (the PID 1 test) and openssl
+# (the TLS tests' certificate authority). Safe to run again: it installs only what is missing.
 set -eu
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -13,6 +13,7 @@ command -v busybox >/dev/null 2>&1 || missing="$missing busybox"
 command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
 command -v supervisord >/dev/null 2>&1 || missing="$missing supervisor"
 command -v nsenter >/dev/null 2>&1 || missing="$missing util-linux"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 if [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -116,7 +116,7 @@ class Inherited:
         except InheritError as exc:
             raise _fail(lineage, str(exc)) from None
 
-    def take(self, binds: Sequence[str], backlog: int) -> list[Listener]:
+    def take(self, binds: Sequence[str], backlog: int, reuse_port: bool = False) -> list[Listener]:
         """Serve `binds`: the inherited socket matching each, else a new one; all or none.
 
         With no binds at all, every inherited socket is served as it is (an upgrade of a
@@ -129,7 +129,7 @@ class Inherited:
             taken, self.pool = self.pool, []
             return self._mark(taken, [])
         try:
-            taken, self.pool = reconcile(self.pool, specs, backlog)
+            taken, self.pool = reconcile(self.pool, specs, backlog, reuse_port)
         except ListenerError as exc:
             raise _fail(self.lineage, str(exc)) from None
         return self._mark(taken, specs)

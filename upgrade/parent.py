@@ -103,11 +103,12 @@ class Handover:
 
     def exited(self, status: int) -> Event | None:
         """The new master is gone (the owner reaped it, with this wait status)."""
+        said = self._last_words()
         self.close_reader()
         self.gone = True
         what = f"new master {self.pid} {describe_exit(status)}"
         if self.phase == "starting":
-            self._fail(self.failure or f"{what} before it was ready")
+            self._fail(said or self.failure or f"{what} before it was ready")
             return Event.FAILED
         if self.phase == "rolling back":
             self.phase = "rolled back"
@@ -115,7 +116,7 @@ class Handover:
             return None
         if self.phase == "committing":
             return None
-        self.failure = what
+        self.failure = f"{what}: {said}" if said else what
         return Event.ROLLBACK
 
     def tick(self, now: float) -> Event | None:
@@ -227,6 +228,16 @@ class Handover:
             self.reader.close()
 
     # -- inside ---------------------------------------------------------------------------
+
+    def _last_words(self) -> str:
+        """A FAILED line still in the pipe when the exit is seen first (reaping can come
+        before the select that would have read it): its reason is the real one."""
+        if self.reader.closed:
+            return ""
+        outcome = self.reader.read() if self.phase == "starting" else self.reader.read_next()
+        while outcome is not None and outcome.kind == "booted":
+            outcome = self.reader.read_next()
+        return outcome.reason if outcome is not None and outcome.kind == "failed" else ""
 
     def _became_ready(self) -> Event:
         self.record.ready = self.elapsed()

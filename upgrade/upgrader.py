@@ -115,12 +115,14 @@ class Upgrader:
         return listener.sock
 
     def listen_all(self, binds: Sequence[str], backlog: int = 2048,
-                   default: str | None = None) -> list[Listener]:
+                   default: str | None = None, reuse_port: bool = False) -> list[Listener]:
         """Serve exactly `binds` (all or none); with none, whatever was inherited, else
-        `default`. Inherited sockets left over are closed at once (never unlinked)."""
+        `default`. Inherited sockets left over are closed at once (never unlinked).
+        `reuse_port`: SO_REUSEPORT on the TCP sockets opened here (inherited ones pass
+        as they are, options included)."""
         if not binds and not self._inherited.pool and default:
             binds = [default]
-        self.listeners = self._inherited.take(binds, backlog)
+        self.listeners = self._inherited.take(binds, backlog, reuse_port)
         self._inherited.close_unused()
         return self.listeners
 

@@ -12,7 +12,11 @@ import re
 import time
 from dataclasses import dataclass
 
-SERVER = "hotswap"
+from .. import __version__
+
+SERVER_SOFTWARE = f"hotswap/{__version__}"  # the environ's SERVER_SOFTWARE, always
+SERVER = SERVER_SOFTWARE  # the Server header's value; None: no Server header (see set_server)
+_SERVER_LINES: tuple[str, ...] = (f"Server: {SERVER}",)
 
 _STATUS = re.compile(r"[1-9][0-9]{2}( [^\x00-\x08\x0a-\x1f\x7f]*)?")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -155,12 +159,23 @@ _dates = DateCache()
 
 def serialize(head: Head) -> bytes:
     """The bytes of the status line and header block."""
-    lines = [f"HTTP/1.1 {head.status}", f"Server: {SERVER}", f"Date: {_dates.get()}"]
+    lines = [f"HTTP/1.1 {head.status}", *_SERVER_LINES, f"Date: {_dates.get()}"]
     lines.extend(f"{name}: {value}" for name, value in head.headers)
     if head.chunked:
         lines.append("Transfer-Encoding: chunked")
     lines.append("Connection: close" if head.close else "Connection: keep-alive")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def set_server(value: str | None) -> None:
+    """The Server header of every response this process sends from now on; None: none.
+
+    A process-wide setting (each worker sets it once at boot from --server-header), like
+    gunicorn's module-level SERVER that its users overwrite from their config file.
+    """
+    global SERVER, _SERVER_LINES
+    SERVER = value
+    _SERVER_LINES = (f"Server: {value}",) if value else ()
 
 
 def chunk(data: bytes) -> bytes:
@@ -180,7 +195,7 @@ def error_response(code: int, message: str = "") -> bytes:
     body = (message or reason).encode("latin-1", "replace") + b"\n"
     head = [
         f"HTTP/1.1 {code} {reason}",
-        f"Server: {SERVER}",
+        *_SERVER_LINES,
         f"Date: {_dates.get()}",
         "Content-Type: text/plain; charset=utf-8",
         f"Content-Length: {len(body)}",

@@ -17,6 +17,7 @@ from .. import config as config_mod
 from .. import paths
 from ..config import Config
 from ..errors import StartupError
+from ..tls import context_for
 from .pool import WorkerPool
 
 
@@ -45,6 +46,7 @@ class Reloader:
         """Read the configuration again and start its workers; False if it is unusable."""
         try:
             new_cfg = paths.resolve_config(config_mod.build(self.flags), self.up.start_dir)
+            context_for(new_cfg)  # new certificate files that cannot load: keep the running ones
             serving = _listeners_for(self.up.listeners, self.cfg, new_cfg)
         except StartupError as exc:
             self.log.error("HUP: %s; keeping the running configuration", exc)
@@ -103,7 +105,7 @@ def _listeners_for(serving: list[Listener], old: Config, new: Config) -> list[Li
         return serving
     try:
         specs = [parse_bind(text) for text in new.bind]
-        wanted, _unwanted = reconcile(serving, specs, new.backlog)
+        wanted, _unwanted = reconcile(serving, specs, new.backlog, new.reuse_port)
     except (ValueError, ListenerError) as exc:
         raise StartupError(str(exc)) from None
     return wanted

@@ -22,6 +22,7 @@ from .. import paths
 from ..apploader import load_app
 from ..errors import StartupError
 from ..logs import Logs, redirect_stdio
+from ..tls import context_for
 from . import daemonpipe, keeper
 from .arbiter import Arbiter
 
@@ -39,6 +40,7 @@ def serve(flags: dict[str, Any], keeper_flag: bool | None = None) -> int:
     flags = paths.resolve_flags(flags, start_dir)
     try:
         cfg = paths.resolve_config(config_mod.build(flags), start_dir)
+        context_for(cfg)  # a bad certificate or key fails here, before anything is bound
     except StartupError as exc:
         report_startup_failure(str(exc))  # a waiting old master learns why at once
         raise
@@ -71,7 +73,7 @@ def _serve(cfg: config_mod.Config, flags: dict[str, Any], start_dir: str, argv: 
         up = Upgrader(cfg.pidfile, upgrade_timeout=cfg.upgrade_timeout,
                       watch_window=cfg.watch_window, manual=cfg.upgrade_mode == "manual",
                       name=cfg.name, argv=argv, start_dir=start_dir, log=logs.error)
-        up.listen_all(cfg.bind, cfg.backlog, default=DEFAULT_BIND)
+        up.listen_all(cfg.bind, cfg.backlog, default=DEFAULT_BIND, reuse_port=cfg.reuse_port)
     except UpgradeError as exc:
         raise StartupError(str(exc)) from None
     first = up.lineage.parent_pid is None

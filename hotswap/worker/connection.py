@@ -11,12 +11,22 @@ seconds after its first byte (derived from --timeout, the number the master kill
 silent worker by), which every send and sendfile call respects. The head of a request
 has one too (`head_started`, checked by the worker's sweep), and the lingering read after
 a refused request is a state the worker's loop times, never a blocking wait.
+
+A TLS connection (`start_tls`, once the worker's loop finished its handshake, see
+preamble.py) cannot use kernel timeouts: Python's ssl module retries a read or write
+that hit SO_RCVTIMEO/SO_SNDTIMEO for ever in blocking mode. It runs in Python's timeout
+mode instead (same bound, raised as TimeoutError), and a read that must not wait (the
+loop's) switches it to non-blocking for that one call. Flags such as MSG_DONTWAIT and
+MSG_PEEK do not exist on an SSLSocket; sendfile(2) would bypass the encryption, so the
+WSGI layer sends files with send() there.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import socket
+import ssl
 import struct
 import time
 
@@ -35,7 +45,7 @@ class Connection:
     __slots__ = ("sock", "fd", "peer", "server", "parser", "last_active", "closed", "unix",
                  "busy", "served", "linger", "registered", "io_timeout", "response_time",
                  "deadline", "sndtimeo", "head_started", "lingering", "linger_until",
-                 "linger_cap", "timed_out")
+                 "linger_cap", "timed_out", "tls", "preamble")
 
     def __init__(
         self,
@@ -67,10 +77,18 @@ class Connection:
         self.deadline: float | None = None  # of the response being sent, from its first byte
         self.timed_out = False  # a response missed its deadline: abort, do not flush
         self.sndtimeo = io_timeout
+        self.tls = False  # an SSLSocket once start_tls ran
+        self.preamble: object | None = None  # a worker.preamble.Preamble still in progress
         _set_timeout(sock, socket.SO_RCVTIMEO, io_timeout)
         _set_timeout(sock, socket.SO_SNDTIMEO, io_timeout)
         if not self.unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def start_tls(self, sock: ssl.SSLSocket) -> None:
+        """From now on, speak through `sock` (same fd, handshake done)."""
+        self.sock = sock
+        self.tls = True
+        sock.settimeout(self.io_timeout)
 
     def receive(self, wait: bool = False) -> bool:
         """Read what arrived and parse it; False when the client has gone.
@@ -78,6 +96,8 @@ class Connection:
         Without `wait` the read never blocks (the selector said the socket is readable,
         or we only peek for a pipelined request); with it, it waits up to the I/O timeout.
         """
+        if self.tls:
+            return self._receive_tls(wait)
         try:
             data = self.sock.recv(RECV_SIZE, 0 if wait else socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -92,8 +112,42 @@ class Connection:
         self.parser.feed(data)
         return True
 
+    def _receive_tls(self, wait: bool) -> bool:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        if not wait:
+            sock.settimeout(0.0)
+        elif self.sndtimeo != self.io_timeout:  # one timeout for both directions on TLS
+            sock.settimeout(self.io_timeout)  # a send near its deadline shortened it
+            self.sndtimeo = self.io_timeout
+        try:
+            data = sock.recv(RECV_SIZE)
+            while data and sock.pending():  # decrypted bytes epoll cannot tell us about
+                data += sock.recv(RECV_SIZE)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return not wait
+        except OSError:  # TimeoutError (the I/O timeout), a reset, a TLS alert
+            return False
+        finally:
+            if not wait:
+                sock.settimeout(self.io_timeout)
+                self.sndtimeo = self.io_timeout
+        if not data:
+            return False
+        self.last_active = time.monotonic()
+        if self.head_started is None:
+            self.head_started = self.last_active
+        self.parser.feed(data)
+        return True
+
     def waiting(self) -> bool:
         """True when the client has sent bytes we have not read yet (or has hung up)."""
+        if self.tls:
+            if self.sock.pending():  # type: ignore[attr-defined]
+                return True
+            poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            return bool(poller.poll(0))
         try:
             self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"" (EOF) counts too
             return True
@@ -125,8 +179,12 @@ class Connection:
             self._bound_timeout(deadline)
             try:
                 sent = self.sock.send(view)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError):
                 continue  # SO_SNDTIMEO ran out with nothing sent: the deadline decides
+            except TimeoutError:
+                if not self.tls:
+                    raise
+                continue  # the same for TLS, whose sockets time out in Python
             view = view[sent:]
 
     def sendfile(self, file: object, offset: int, count: int) -> int:
@@ -153,6 +211,17 @@ class Connection:
         file.seek(offset + total)  # type: ignore[attr-defined]
         return total
 
+    def send_nowait(self, data: bytes) -> None:
+        """Send what the kernel takes at once, never waiting (an answer from the loop)."""
+        try:
+            if self.tls:
+                self.sock.settimeout(0.0)
+                self.sock.send(data)
+            else:
+                self.sock.send(data, socket.MSG_DONTWAIT)
+        except (OSError, ValueError):
+            pass
+
     def _bound_timeout(self, deadline: float) -> None:
         """Fail past the deadline; near it, shorten SO_SNDTIMEO so one call cannot overrun."""
         left = deadline - time.monotonic()
@@ -162,7 +231,10 @@ class Connection:
         wanted = min(self.io_timeout, left)
         if wanted < self.sndtimeo - 0.01 or (wanted >= self.io_timeout > self.sndtimeo):
             self.sndtimeo = wanted
-            _set_timeout(self.sock, socket.SO_SNDTIMEO, wanted)
+            if self.tls:
+                self.sock.settimeout(wanted)
+            else:
+                _set_timeout(self.sock, socket.SO_SNDTIMEO, wanted)
 
     def begin_linger(self, now: float) -> None:
         """After refusing a request: our FIN goes out now, and whatever the client still
@@ -173,6 +245,8 @@ class Connection:
         self.linger_cap = now + LINGER_TIME
         self.linger_until = min(self.linger_cap, now + LINGER_IDLE)
         self.head_started = None
+        if self.tls:
+            self.sock.settimeout(0.0)  # linger_read runs in the loop: no poll() inside recv
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -204,11 +278,23 @@ class Connection:
             except OSError:
                 pass
         elif not self.lingering:
+            if self.tls:
+                _close_notify(self.sock)
             try:
                 self.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
         self.sock.close()
+
+
+def _close_notify(sock: socket.socket) -> None:
+    """Tell a TLS client the stream ends here (a close-delimited body is then known whole),
+    without waiting for its own close_notify: non-blocking, best effort."""
+    try:
+        sock.settimeout(0.0)
+        sock.unwrap()  # type: ignore[attr-defined]
+    except (OSError, ValueError):
+        pass
 
 
 def _set_timeout(sock: socket.socket, option: int, seconds: float) -> None:

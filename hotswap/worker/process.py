@@ -44,9 +44,11 @@ from ..http import response as resp
 from ..http.forwarded import TrustedProxies
 from ..http.request import HttpError, Limits
 from ..logs import Logs
+from ..tls import context_for
 from . import wsgi
 from .connection import Connection
 from .healthcheck import check_app
+from .preamble import DONE, Preamble, PreambleError
 
 BOOT_FAILED = 3  # exit status of a worker that could not load the app
 TICK = 1.0
@@ -133,7 +135,9 @@ class Worker:
         if os.getppid() != self.spec.master_pid:
             return 0  # the master died before we could ask to be told
         set_title("worker", self.cfg.name)
+        resp.set_server(resp.SERVER_SOFTWARE if self.cfg.server_header else None)
         try:
+            self.preambles = self._preambles()
             app = self.spec.app or load_app(self.cfg.app)
         except StartupError as exc:
             self._tell(b"E" + _one_line(str(exc)) + b"\n")
@@ -176,7 +180,7 @@ class Worker:
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,
             "wsgi.file_wrapper": wsgi.FileWrapper,
-            "SERVER_SOFTWARE": resp.SERVER,
+            "SERVER_SOFTWARE": resp.SERVER_SOFTWARE,
             "hotswap.generation": self.spec.generation,
             "hotswap.master_pid": self.spec.master_pid,
         }
@@ -376,14 +380,13 @@ class Worker:
     def _head_timed_out(self, conn: Connection, now: float) -> None:
         """A whole request head must arrive within --timeout: a client sending a byte now
         and then does not hold a connection for ever. Answer 408 if it sent anything."""
-        if conn.parser.in_message or conn.parser.ready:
+        if conn.preamble is not None:
+            self.log.debug("%s: no PROXY header or TLS handshake within %g s; closed",
+                           conn.peer[0] if conn.peer else "unix socket", self.cfg.timeout)
+        elif conn.parser.in_message or conn.parser.ready:
             self.log.info("request head from %s not complete after %g s: 408",
                           conn.peer[0] if conn.peer else "unix socket", self.cfg.timeout)
-            try:
-                conn.sock.send(resp.error_response(408, "request head not received in time"),
-                               socket.MSG_DONTWAIT)
-            except OSError:
-                pass
+            conn.send_nowait(resp.error_response(408, "request head not received in time"))
             conn.linger = True
         self._close(conn)
 
@@ -441,7 +444,14 @@ class Worker:
         conn = Connection(sock, peer, self.server_names[listener.fd], self.limits, io_timeout,
                           response_time=io_timeout)
         self.conns[conn.fd] = conn
-        if self.pool is None:
+        preamble = self.preambles.get(listener.fd)
+        if preamble is not None:
+            conn.preamble = Preamble(sock, peer, *preamble)
+            if serve:
+                self._step_preamble(conn)
+            else:
+                self._watch(conn, select.EPOLLIN | select.EPOLLET)
+        elif self.pool is None:
             self.epoll.register(conn.fd, select.EPOLLIN)
             conn.registered = True
             if serve:
@@ -474,6 +484,9 @@ class Worker:
     # -- serving ----------------------------------------------------------------------
 
     def _readable(self, conn: Connection) -> None:
+        if conn.preamble is not None:
+            self._step_preamble(conn)
+            return
         if conn.lingering:
             if not conn.linger_read(time.monotonic()):
                 self._forget(conn)
@@ -489,6 +502,51 @@ class Worker:
         if self.busy >= self.cfg.threads:
             self._sync_accept()
         self.pool.submit(self._serve_threaded, conn)
+
+    def _preambles(self) -> dict[int, tuple[Any, TrustedProxies | None]]:
+        """What each shared listener's connections owe before HTTP (the private probe
+        socket is always plain): (TLS context or None, --proxy-allow-from or None)."""
+        tls = context_for(self.cfg)  # the certificate files, read anew by every worker
+        proxies = TrustedProxies(self.cfg.proxy_allow_from) if self.cfg.proxy_protocol else None
+        if tls is None and proxies is None:
+            return {}
+        return {fd: (tls, proxies) for fd in self.shared}
+
+    def _step_preamble(self, conn: Connection) -> None:
+        """One non-blocking step of a connection's PROXY header and TLS handshake (see
+        preamble.py); once done, the connection is served like any other."""
+        preamble: Preamble = conn.preamble  # type: ignore[assignment]
+        try:
+            want = preamble.step()
+        except PreambleError as exc:
+            self.log.log(exc.level, "%s", exc)
+            want = None
+        if preamble.tls_sock is not None:
+            conn.sock = preamble.tls_sock  # the same fd: closing it must go through this one
+        if want is None:
+            self._forget(conn)
+            conn.close()
+        elif want != DONE:
+            self._watch(conn, want | select.EPOLLET)  # peeked bytes stay: edge-triggered
+        else:
+            conn.preamble = None
+            if preamble.proxied is not None and preamble.proxied.client is not None:
+                conn.peer = preamble.proxied.client
+            if preamble.tls_sock is not None:
+                conn.start_tls(preamble.tls_sock)
+            if self.pool is None:
+                self._watch(conn, select.EPOLLIN)
+            elif conn.registered:  # a thread takes it now: out of epoll until handed back
+                conn.registered = False
+                self.epoll.unregister(conn.fd)
+            self._readable(conn)
+
+    def _watch(self, conn: Connection, events: int) -> None:
+        if conn.registered:
+            self.epoll.modify(conn.fd, events)
+        else:
+            self.epoll.register(conn.fd, events)
+            conn.registered = True
 
     def _serve_threaded(self, conn: Connection) -> None:
         try:

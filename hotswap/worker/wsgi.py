@@ -188,6 +188,8 @@ def build_environ(site: Site, conn: Connection, req: Request, stream: InputStrea
     environ["SERVER_PROTOCOL"] = f"HTTP/{req.version}"
     environ["wsgi.input"] = stream
     environ["SERVER_NAME"], environ["SERVER_PORT"] = conn.server
+    if conn.tls:
+        environ["wsgi.url_scheme"] = "https"
     if conn.peer is not None:
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = conn.peer[0], str(conn.peer[1])
     else:
@@ -275,7 +277,10 @@ class ResponseWriter:
         self.write(data, len(data) if self.exchange.state == STARTED else None)
 
     def send_file(self, wrapper: FileWrapper) -> bool:
-        """Try sendfile(2) for a real file; False when the object is not one."""
+        """Try sendfile(2) for a real file; False when the object is not one, or the
+        connection is TLS (sendfile would bypass the encryption: the file is sent in pieces)."""
+        if self.conn.tls:
+            return False
         try:
             fd = wrapper.filelike.fileno()
             offset = wrapper.filelike.tell()

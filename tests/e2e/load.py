@@ -157,11 +157,14 @@ class UnixAdapter(BaseAdapter):
             self._conn = None
 
 
-def tcp_session() -> requests.Session:
-    """A Session that never retries, so a dropped connection is a failure."""
+def tcp_session(verify: str | bool = True) -> requests.Session:
+    """A Session that never retries, so a dropped connection is a failure; `verify` is the
+    CA bundle for an https:// base."""
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=1)
     session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.verify = verify
     return session
 
 
@@ -246,8 +249,10 @@ class LoadGenerator:
 
     def __init__(self, tcp_base: str, unix_path: str | os.PathLike[str] | None,
                  clients: Sequence[ClientSpec], max_seconds: float = 120.0,
-                 max_requests: int = 20_000, think: float = 0.02) -> None:
+                 max_requests: int = 20_000, think: float = 0.02,
+                 verify: str | bool = True) -> None:
         self.tcp_base = tcp_base
+        self.verify = verify  # CA bundle when tcp_base is https://
         self.unix_path = unix_path
         self.clients = list(clients)
         self.max_seconds = max_seconds
@@ -300,7 +305,7 @@ class LoadGenerator:
                 raise ValueError(f"client {spec.name} wants a unix socket but none is given")
             session, base = unix_session(self.unix_path), "http+unix://localhost"
         else:
-            session, base = tcp_session(), self.tcp_base
+            session, base = tcp_session(self.verify), self.tcp_base
         headers = {} if spec.keepalive else {"Connection": "close"}
         rng = random.Random(spec.name)
         with session:
@@ -330,7 +335,9 @@ class LoadGenerator:
         record = Record(spec.name, spec.kind, spec.keepalive, spec.transport, path,
                         time.monotonic())
         try:
-            response = session.get(base + path, headers=headers, timeout=REQUEST_TIMEOUT)
+            # verify per request: REQUESTS_CA_BUNDLE in the environment beats session.verify
+            response = session.get(base + path, headers=headers, timeout=REQUEST_TIMEOUT,
+                                   verify=self.verify)
             record.status = response.status_code
             record.server_closed = response.headers.get("Connection", "").lower() == "close"
             if response.status_code != 200:

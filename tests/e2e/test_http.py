@@ -37,6 +37,8 @@ import pytest
 import requests
 from support import free_port, get, has_ipv6_loopback, wait_for
 
+from hotswap import __version__
+
 APP_SOURCE = Path(__file__).resolve().parent.parent / "apps" / "httpapp.py"
 APP = "httpapp:app"
 
@@ -168,7 +170,7 @@ def test_tcp_ipv4_with_date_and_server_headers(masters, tmp_path) -> None:
     assert (data["method"], data["path"], data["query"]) == ("GET", "/echo", "x=1")
     assert data["remote_addr"] == "127.0.0.1"
     assert data["protocol"] == "HTTP/1.1"
-    assert response.headers["Server"] == "hotswap"
+    assert response.headers["Server"] == f"hotswap/{__version__}"
     date = email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp()
     assert before - 2 <= date <= time.time() + 2
     assert response.headers["Date"].endswith(" GMT")

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from hotswap import __version__
 from hotswap.http import response as resp
 from hotswap.http.response import BadResponse, check_head, chunk, error_response, serialize
 
@@ -131,7 +132,7 @@ def test_serialize() -> None:
     assert names == ["Server", "Date", "Content-Type", "Set-Cookie", "Set-Cookie",
                      "Transfer-Encoding", "Connection"]
     values = dict(headers)
-    assert values["Server"] == resp.SERVER == "hotswap"
+    assert values["Server"] == resp.SERVER == f"hotswap/{__version__}"
     assert values["Transfer-Encoding"] == "chunked"
     assert values["Connection"] == "keep-alive"
     assert [v for n, v in headers if n == "Set-Cookie"] == ["a=1", "b=2"]  # order and repeats
@@ -175,7 +176,7 @@ def test_error_response(code: int, reason: str) -> None:
     assert status == f"HTTP/1.1 {code} {reason}"
     values = dict(headers)
     assert values["Connection"] == "close"
-    assert values["Server"] == "hotswap"
+    assert values["Server"] == f"hotswap/{__version__}"
     assert int(values["Content-Length"]) == len(body)
     assert body == reason.encode() + b"\n"
 
@@ -203,3 +204,16 @@ def test_date_cache_formats_once_per_second() -> None:
     parsed = email.utils.parsedate_to_datetime(first).timestamp()
     assert parsed == second
     assert first == email.utils.formatdate(second, usegmt=True)
+
+
+def test_server_header_can_be_turned_off_and_back() -> None:
+    """--no-server-header: no Server line in app responses nor in the server's own errors."""
+    head = check_head("200 OK", [("Content-Length", "0")])
+    try:
+        resp.set_server(None)
+        assert b"\r\nServer:" not in serialize(head)
+        assert b"\r\nServer:" not in error_response(400)
+    finally:
+        resp.set_server(resp.SERVER_SOFTWARE)
+    assert f"\r\nServer: hotswap/{__version__}\r\n".encode() in serialize(head)
+    assert resp.SERVER_SOFTWARE == f"hotswap/{__version__}"
