@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+
+MAIN_SLICE = 0.05  # longest the main thread waits without running pending signal handlers
 
 
 class Flag:
@@ -36,7 +39,22 @@ class Flag:
         self._event.clear()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
+        """Like Event.wait(); in the main thread, in slices of MAIN_SLICE.
+
+        A signal the kernel delivers to another thread (any thread may get a signal sent to
+        the process) only marks the handler as due: Python runs it in the main thread when
+        that next runs bytecode. A main thread parked in one unbroken wait, as in
+        `up.exit.wait()`, would then never run the USR2 handler, and the upgrade never start.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return self._event.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._event.is_set():
+            left = MAIN_SLICE if deadline is None else min(MAIN_SLICE, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self._event.wait(left)
+        return True
 
     async def wait_async(self) -> None:
         loop = asyncio.get_running_loop()

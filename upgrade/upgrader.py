@@ -36,7 +36,7 @@ from . import names, notify, proctitle
 from .child import Inherited, Lineage, read_lineage
 from .errors import UpgradeError, UpgradeRefused
 from .flag import Flag
-from .parent import Event, Handover
+from .parent import KILL_AFTER, Event, Handover
 from .readiness import ReadinessReader
 from .record import Recorder, UpgradeRecord
 from .reexec import original_argv, spawn_new_master, start_directory
@@ -219,7 +219,9 @@ class Upgrader:
         On ok, `exit` is set: stop accepting, finish what you hold, close(). With a watch
         window, wait_commit() says whether the new generation stayed."""
         if not self._lock.acquire(blocking=False):
-            return UpgradeResult(False, None, "an upgrade is already running")
+            reason = self.refusal() or "an upgrade is already running"
+            self.refuse(reason)  # recorded: a client following PIDFILE.upgrade learns it at once
+            return UpgradeResult(False, None, reason)
         try:
             try:
                 upgrade = self.start_upgrade()
@@ -288,7 +290,14 @@ class Upgrader:
 
     def close(self) -> None:
         """Leave: the record says committed if a newer generation took over, PIDFILE and
-        the unix socket paths go only if they are ours and nobody else serves them."""
+        the unix socket paths go only if they are ours and nobody else serves them.
+
+        A new generation upgrade() is still waiting for is stopped first (TERM, KILL 10 s
+        later) and recorded as failed: it must not live on, orphaned, on our sockets."""
+        upgrade = self.handover
+        if upgrade is not None and upgrade.phase == "starting" and self._lock.locked():
+            upgrade.abandon("the old generation is stopping")
+            self._settled.wait(KILL_AFTER + 2)  # upgrade() reaps it and records "failed"
         if self.handover is not None:
             self.handover.finish()
         other = self.other_generation_alive()
