@@ -22,6 +22,8 @@ A request with `Upgrade: websocket` becomes a `websocket.Session` on the same tr
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -318,7 +320,22 @@ class HttpProtocol(asyncio.Protocol):
 
 def _is_websocket(req: Request) -> bool:
     value = req.header("upgrade")
-    return req.method == "GET" and value is not None and value.strip().lower() == "websocket"
+    wanted = req.method == "GET" and value is not None and value.strip().lower() == "websocket"
+    return wanted and _websockets_installed()
+
+
+@functools.cache
+def _websockets_installed() -> bool:
+    """WebSockets need the `websockets` package (`pip install 'hotswap[asgi]'`). Without it
+    an upgrade request is served as plain HTTP, as uvicorn does, with one warning."""
+    try:
+        import websockets.server  # noqa: F401
+    except ImportError:
+        logging.getLogger("hotswap.error").warning(
+            "a WebSocket request was served as plain HTTP: the websockets package is not "
+            "installed (pip install 'hotswap[asgi]')")
+        return False
+    return True
 
 
 class Cycle:
