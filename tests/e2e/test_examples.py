@@ -4,9 +4,10 @@ Each example (asyncio, threaded http.server, uvicorn) is copied into a release f
 its own with a VERSION file and started as a real process with a pidfile. While 8
 `requests` client threads (kept-alive and `Connection: close`, fast, 300-400 ms slow, and
 pausers idling on kept-alive connections; never a retry) load it, a new VERSION is
-written and the server is upgraded through the upgrade client (`hotswap upgrade --json`
-for the threaded example, the library's `run_upgrade` for the others; both send USR2 to
-the pid in our own pidfile and follow PIDFILE.upgrade), 5 times. Then a broken release
+written and the server is upgraded through an upgrade client (`hotswap upgrade --json`
+for the threaded example, `scripts/hotswap-upgrade.sh` for the asyncio one, the library's
+`run_upgrade` for uvicorn; each sends USR2 to the pid in our own pidfile and follows
+PIDFILE.upgrade), 5 times; after the first, `hotswap status` must describe the server. Then a broken release
 (raises after building its Upgrader, before listen()) is deployed and upgraded to.
 
 Proven, per example:
@@ -159,11 +160,14 @@ class ExampleRun:
 
     def upgrade(self) -> UpgradeRecord:
         """One upgrade through the upgrade client, followed to its final state."""
-        if self.name == "threaded_server":
-            run = run_upgrade_tool("cli", self.pidfile, timeout=20)
+        tool = {"threaded_server": "cli", "asyncio_server": "script"}.get(self.name)
+        if tool is not None:
+            run = run_upgrade_tool(tool, self.pidfile, timeout=20)
             record = read_state(str(self.pidfile))
-            assert run.report is not None, run.explain()
-            assert record is not None and record.id == run.report["id"], run.explain()
+            assert record is not None, run.explain()
+            if tool == "cli":  # the script prints the line, the CLI the record as JSON
+                assert run.report is not None and record.id == run.report["id"], run.explain()
+            assert (run.returncode == 0) == (record.state == names.STATE_COMMITTED), run.explain()
         else:
             report = run_upgrade(str(self.pidfile), timeout=20)
             assert report.record is not None, report.line()
@@ -198,7 +202,18 @@ class ExampleRun:
         assert record.old == old and record.new not in (None, old)
         assert self.current() == record.new
         assert fetch_json(self.base) == {"version": version, "pid": record.new}
+        if version == "v2":
+            self.check_status(record)
         self.committed_at.append((time.monotonic(), int(version[1:])))
+
+    def check_status(self, record: UpgradeRecord) -> None:
+        """`hotswap status` reads an Upgrader server's PIDFILE and record as hotswap's own."""
+        done = subprocess.run([sys.executable, "-m", "hotswap", "status", "--pidfile",
+                               str(self.pidfile)], capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"master {record.new}" in done.stdout, done.stdout
+        assert "upgraded" in done.stdout, done.stdout
 
     def upgrade_to_broken(self, serving: str) -> None:
         old = self.current()
