@@ -92,12 +92,18 @@ def run(servers: dict[str, Server], rounds: int, duration: float, connections: i
     return {"runs": runs, "summary": summarize(runs, rounds)}
 
 
-def summarize(runs: list[dict], rounds: int) -> dict:
+def summarize(runs: list[dict], rounds: int, cells_run: list[tuple[str, str]] = CELLS,
+              order: list[Flavor] = ORDER, pairs: list[tuple[Flavor, Flavor]] = PAIRS) -> dict:
+    """Per cell: each server's medians, and each pair's ratio taken within every round.
+
+    The defaults are the WSGI section's; the ASGI section (asgibench.py) passes its own.
+    A run's "rps" is whatever rate its cell measures (req/s, or messages/s for an echo).
+    """
     cells = {}
-    for path, conn in CELLS:
+    for path, conn in cells_run:
         here = [r for r in runs if r["path"] == path and r["connection"] == conn]
         per_server = {}
-        for flavor in ORDER:
+        for flavor in order:
             mine = [r for r in here if r["server"] == flavor.key]
             if not mine:
                 continue
@@ -110,7 +116,7 @@ def summarize(runs: list[dict], rounds: int) -> dict:
                 "rps_all": [round(r["rps"]) for r in mine],
             }
         ratios = {}
-        for ours, theirs in PAIRS:
+        for ours, theirs in pairs:
             per_round = []
             for rnd in range(rounds):
                 a = [r["rps"] for r in here if r["round"] == rnd and r["server"] == ours.key]
