@@ -58,7 +58,8 @@ def ws_echo(server: Server, connections: int, messages: int, size: int) -> dict:
     return {"rps": out["rate"], "requests": out["messages"], "p50": out["p50"], "p99": out["p99"],
             "errors": sum(out["errors"].values()),  # connections that did not end with a clean 1000
             "error_kinds": out["errors"], "lost": lost, "close_codes": out["close_codes"],
-            "seconds": out["seconds"], "handshake_p50": out["handshake_p50"], "client_loop": out["loop"]}
+            "seconds": out["seconds"], "handshake_p50": out["handshake_p50"], "client_loop": out["loop"],
+            "client_cpu": out["client_cpu"]}
 
 
 def measure(server: Server, path: str, conn: str, params: dict) -> dict:

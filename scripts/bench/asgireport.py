@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from asgibench import CELL_NAMES, CELLS, PAIRS
 from servers import GUNICORN_ASGI, HOTSWAP_ASGI, UVICORN
-from summary import ms, ratio
+from summary import median, ms, ratio
 
 LABELS = {f.key: f.label for f in (HOTSWAP_ASGI, UVICORN, GUNICORN_ASGI)}
 UVICORN_TARGET = 1.0
@@ -32,7 +32,8 @@ def judge(asgi: dict) -> list[dict]:
 
 def render(res: dict) -> str:
     asgi = res["asgi"]
-    parts = [_machine(res, asgi), _targets(judge(asgi)), _table(asgi, res["params"]), _ratios(asgi)]
+    parts = [_machine(res, asgi), _targets(judge(asgi)), _table(asgi, res["params"]), _ratios(asgi),
+             _client(asgi)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -82,3 +83,17 @@ def _ratios(asgi: dict) -> str:
             cols.append(f"{ratio(r.get('median'))} ({' '.join(map(str, r.get('per_round', [])))})")
         lines.append(f"| {CELL_NAMES[f'{path} {conn}']} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
+
+
+def _client(asgi: dict) -> str:
+    """How busy the echo client was: near 100 % of a core, it, not the server, set the pace."""
+    echoes = [r for r in asgi["runs"] if r["connection"] == "echo"]
+    shares = []
+    for key in asgi["contenders"]:
+        cpu = median([r.get("client_cpu") for r in echoes if r["server"] == key])  # skips unknowns
+        if cpu is not None:
+            shares.append(f"{LABELS[key].split(' ')[0]} {cpu * 100:.0f} %")
+    kinds = sorted({f"{k}: {n}" for r in echoes for k, n in (r.get("error_kinds") or {}).items()})
+    loop = echoes[0].get("client_loop", "?") if echoes else "?"
+    return (f"Echo client (one process, on {loop}): its CPU time over wall time, median per server: "
+            f"{', '.join(shares) or '–'}. Echo errors: {', '.join(kinds) or 'none'}.")

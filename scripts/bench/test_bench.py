@@ -432,7 +432,8 @@ def _asgi_results(hotswap: str, ratio_ka: float) -> dict:
     a, b = servers.HOTSWAP_ASGI, servers.UVICORN
     flavors = [a, b] if hotswap == "measured" else [b]
     runs = [{"round": 0, "path": p, "connection": c, "server": f.key,
-             "rps": (ratio_ka if f is a else 1.0) * 1000, "p50": 0.001, "p99": 0.002, "errors": 0}
+             "rps": (ratio_ka if f is a else 1.0) * 1000, "p50": 0.001, "p99": 0.002, "errors": 0,
+             **({"client_cpu": 0.5, "client_loop": "uvloop"} if c == "echo" else {})}
             for p, c in asgibench.CELLS for f in flavors]
     pairs = [(a, b)] if hotswap == "measured" else []
     return {"contenders": [f.key for f in flavors], "hotswap": hotswap, "runs": runs, "elapsed_s": 3.0,
@@ -451,6 +452,8 @@ def test_asgi_report_judges_hotswap_against_uvicorn_or_says_it_was_not_measured(
                               "command": "scripts/bench/run --only asgi", "machine": {"cpu": "x"}})
     assert "| WebSocket echo | 1.20× (1.2) |" in text
     assert "4 connections × 10 messages of 32 B" in text
+    assert "Echo client (one process, on uvloop): its CPU time over wall time, median per server: " \
+           "hotswap 50 %, uvicorn 50 %. Echo errors: none." in text
 
 
 def test_docs_update_replaces_only_the_asgi_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

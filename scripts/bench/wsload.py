@@ -10,7 +10,9 @@ clock starts, so the client spends its time on sockets, not on masking.
 All connections first complete their handshake; then the clock starts and each sends
 its M messages, each one only after the echo of the previous one came back intact (a
 different payload is "wrong echo"). messages/s is echoed messages over the time from the
-start to the last echo; p50/p99 are nearest-rank percentiles of every round trip.
+start to the last echo; p50/p99 are nearest-rank percentiles of every round trip;
+client_cpu is the client's own CPU time over that wall time (near 1.0: the client, one
+process, is what limits the rate, not the server).
 The whole run is bounded by --timeout. Output: one JSON object on stdout.
 Runs on uvloop when it is installed (the harness starts it on the bench venv's Python).
 """
@@ -252,7 +254,7 @@ async def run(url: str, connections: int, count: int, size: int, timeout: float)
         timeout)
     clients = [c for c in opened if isinstance(c, EchoClient)]
     errors: Counter[str] = Counter(c for c in opened if isinstance(c, str))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for client in clients:
         client.begin()
     pending = [c.finished for c in clients]
@@ -261,7 +263,9 @@ async def run(url: str, connections: int, count: int, size: int, timeout: float)
         for client in clients:
             if client.finished in late:
                 client._end("timeout")
-    return _summary(clients, errors, started, connections, count, size)
+    out = _summary(clients, errors, started, connections, count, size)
+    out["client_cpu"] = (time.process_time() - cpu) / max(time.perf_counter() - started, 1e-9)
+    return out
 
 
 def _summary(clients: list[EchoClient], errors: Counter[str], started: float, connections: int,
