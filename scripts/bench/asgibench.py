@@ -15,6 +15,7 @@ hotswap is measured only when this work tree's hotswap has an ASGI worker
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -98,4 +99,5 @@ def run(work: Path, params: dict, log: Callable[[str], None]) -> dict:
     pairs = [(a, b) for a, b in PAIRS if a in flavors and b in flavors]
     return {"contenders": [f.key for f in flavors], "hotswap": hotswap, "runs": runs,
             "summary": throughput.summarize(runs, params["rounds"], CELLS, flavors, pairs),
-            "elapsed_s": time.monotonic() - started}
+            "elapsed_s": time.monotonic() - started,
+            "load_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg())}

@@ -41,6 +41,7 @@ def _machine(res: dict, asgi: dict) -> str:
     rows = [f"| {k} | {v} |" for k, v in res["machine"].items()]
     return "\n".join([f"### ASGI run of {res['when']} (`{res['command']}`, {asgi['elapsed_s']:.0f} s)", "",
                       "| machine | |", "| --- | --- |", *rows,
+                      f"| load average at end | {asgi.get('load_at_end', '–')} |",
                       f"| hotswap ASGI worker | {asgi['hotswap']} |"])
 
 

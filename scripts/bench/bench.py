@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench-results"), help="folder for the .md and .json")
     ap.add_argument("--docs", action="store_true", help=f"replace the results block of {DOCS.name}")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, pidfiles)")
+    ap.add_argument("--rounds", type=int, help="interleaved throughput/asgi rounds (default: 5, quick: 1)")
+    ap.add_argument("--duration", type=float, help="seconds per wrk run (default: 5, quick: 2)")
+    ap.add_argument("--ws-messages", type=int, help="echo messages per connection (default: 10000)")
     ap.add_argument("--render", metavar="JSON", help="run nothing: re-render a results file "
                     "(with --docs, into docs/performance.md)")
     args = ap.parse_args(argv)
@@ -136,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         print(_render(res, args.docs))
         return 0
     params = dict(QUICK if args.quick else FULL)
+    for key in ("rounds", "duration", "ws_messages"):
+        if getattr(args, key) is not None:
+            if getattr(args, key) <= 0:
+                raise SystemExit(f"bench: --{key.replace('_', '-')} must be positive")
+            params[key] = getattr(args, key)
     sections = args.only or list(SECTIONS)
     check_tools(sections)
     if not proctree.become_subreaper():
