@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import proctree
 import throughput
 from servers import GUNICORN_ASGI, HERE, HOTSWAP_ASGI, PYTHON, UVICORN, Flavor, Server, hotswap_serves_asgi
 
@@ -64,12 +65,22 @@ def ws_echo(server: Server, connections: int, messages: int, size: int) -> dict:
 
 
 def measure(server: Server, path: str, conn: str, params: dict) -> dict:
-    """One run of one cell: wrk for the hello, wsload for the echo."""
+    """One run of one cell: wrk for the hello, wsload for the echo; plus the server's CPU per request.
+
+    CPU time per request (master and workers, from /proc) moves far less than req/s when
+    other jobs share the cores: a server slowed by a neighbour waits, it does not spend more.
+    """
+    master = server.master_pid()
+    before = proctree.tree_cpu_seconds(master) if master else None
     if conn == "echo":
-        return ws_echo(server, params["ws_connections"], params["ws_messages"], params["ws_size"])
-    res = throughput.wrk(server.url(path), params["duration"], params["connections"], params["wrk_threads"],
-                         conn == "close")
-    return asdict(res)
+        res = ws_echo(server, params["ws_connections"], params["ws_messages"], params["ws_size"])
+    else:
+        res = asdict(throughput.wrk(server.url(path), params["duration"], params["connections"],
+                                    params["wrk_threads"], conn == "close"))
+    spent = proctree.tree_cpu_seconds(master) - before if master and before is not None else None
+    res["cpu_s"] = spent
+    res["cpu_us_per_req"] = spent / res["requests"] * 1e6 if spent is not None and res["requests"] else None
+    return res
 
 
 def run(work: Path, params: dict, log: Callable[[str], None]) -> dict:

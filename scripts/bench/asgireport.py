@@ -56,34 +56,44 @@ def _table(asgi: dict, params: dict) -> str:
             f"{params['duration']:g} s per run; echo: {params['ws_connections']} connections × "
             f"{params['ws_messages']} messages of {params['ws_size']} B; {params['rounds']} interleaved "
             f"round(s), medians; {params['workers']} workers each)")
-    lines = [head, "", "| cell | server | req/s or msg/s | p50 ms | p99 ms | errors | runs (per s) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = [head, "", "| cell | server | req/s or msg/s | p50 ms | p99 ms | CPU µs per req or msg | errors "
+             "| runs (per s) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for path, conn in CELLS:
         cell = asgi["summary"].get(f"{path} {conn}")
         if not cell:
             continue
         for key, s in cell["servers"].items():
             lines.append(f"| {CELL_NAMES[f'{path} {conn}']} | {LABELS[key]} | {s['rps']:.0f} "
-                         f"| {ms(s['p50'], 2)} | {ms(s['p99'], 2)} | {s['errors']} "
+                         f"| {ms(s['p50'], 2)} | {ms(s['p99'], 2)} | {_us(s.get('cpu_us'))} | {s['errors']} "
                          f"| {' '.join(map(str, s['rps_all']))} |")
     return "\n".join(lines)
 
 
+def _us(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def _ratios(asgi: dict) -> str:
+    """Throughput ratios (above 1: the first is faster), then CPU per request (below 1: it spends less)."""
     pairs = [(a, b) for a, b in PAIRS if a.key in asgi["contenders"] and b.key in asgi["contenders"]]
     names = {HOTSWAP_ASGI.key: "hotswap", UVICORN.key: "uvicorn", GUNICORN_ASGI.key: "gunicorn -k asgi"}
-    lines = ["| cell | " + " | ".join(f"{names[a.key]} / {names[b.key]}" for a, b in pairs) + " |",
-             "| --- |" + " ---: |" * len(pairs)]
-    for path, conn in CELLS:
-        cell = asgi["summary"].get(f"{path} {conn}")
-        if not cell:
-            continue
-        cols = []
-        for a, b in pairs:
-            r = cell["ratios"].get(f"{a.key}/{b.key}", {})
-            cols.append(f"{ratio(r.get('median'))} ({' '.join(map(str, r.get('per_round', [])))})")
-        lines.append(f"| {CELL_NAMES[f'{path} {conn}']} | " + " | ".join(cols) + " |")
-    return "\n".join(lines)
+    tables = []
+    for what, med, per in (("throughput", "median", "per_round"), ("CPU per request", "cpu_median",
+                                                                   "cpu_per_round")):
+        lines = [f"| {what}, per-round ratios | "
+                 + " | ".join(f"{names[a.key]} / {names[b.key]}" for a, b in pairs) + " |",
+                 "| --- |" + " ---: |" * len(pairs)]
+        for path, conn in CELLS:
+            cell = asgi["summary"].get(f"{path} {conn}")
+            if not cell:
+                continue
+            cols = []
+            for a, b in pairs:
+                r = cell["ratios"].get(f"{a.key}/{b.key}", {})
+                cols.append(f"{ratio(r.get(med))} ({' '.join(map(str, r.get(per, [])))})")
+            lines.append(f"| {CELL_NAMES[f'{path} {conn}']} | " + " | ".join(cols) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def _client(asgi: dict) -> str:

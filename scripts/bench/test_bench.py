@@ -433,6 +433,7 @@ def _asgi_results(hotswap: str, ratio_ka: float) -> dict:
     flavors = [a, b] if hotswap == "measured" else [b]
     runs = [{"round": 0, "path": p, "connection": c, "server": f.key,
              "rps": (ratio_ka if f is a else 1.0) * 1000, "p50": 0.001, "p99": 0.002, "errors": 0,
+             "cpu_us_per_req": 50.0 if f is a else 100.0,
              **({"client_cpu": 0.5, "client_loop": "uvloop"} if c == "echo" else {})}
             for p, c in asgibench.CELLS for f in flavors]
     pairs = [(a, b)] if hotswap == "measured" else []
@@ -451,9 +452,19 @@ def test_asgi_report_judges_hotswap_against_uvicorn_or_says_it_was_not_measured(
     text = asgireport.render({"asgi": _asgi_results("measured", 1.2), "params": params, "when": "now",
                               "command": "scripts/bench/run --only asgi", "machine": {"cpu": "x"}})
     assert "| WebSocket echo | 1.20× (1.2) |" in text
+    assert "| CPU per request, per-round ratios | hotswap / uvicorn |" in text
+    assert "| WebSocket echo | 0.50× (0.5) |" in text
     assert "4 connections × 10 messages of 32 B" in text
     assert "Echo client (one process, on uvloop): its CPU time over wall time, median per server: " \
            "hotswap 50 %, uvicorn 50 %. Echo errors: none." in text
+
+
+def test_tree_cpu_seconds_grows_with_work_done() -> None:
+    before = proctree.tree_cpu_seconds(os.getpid())
+    end = time.process_time() + 0.1
+    while time.process_time() < end:  # bounded: 0.1 s of this process's CPU
+        pass
+    assert proctree.tree_cpu_seconds(os.getpid()) - before >= 0.05
 
 
 def test_docs_update_replaces_only_the_asgi_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -489,6 +500,7 @@ def test_asgi_section_quick_runs_every_contender_in_every_cell_and_leaves_nothin
         for key, s in cell["servers"].items():
             assert s["runs"] == 2 and s["errors"] == 0 and s["rps"] > 0, (path, conn, key, s)
         assert all(len(r["per_round"]) == 2 for r in cell["ratios"].values())
+    assert all(r["cpu_us_per_req"] is not None and r["cpu_us_per_req"] > 0 for r in out["runs"]), out["runs"]
     echoes = [r for r in out["runs"] if r["connection"] == "echo"]
     assert all(r["requests"] == 4 * 50 and r["close_codes"] == {"1000": 4} for r in echoes), echoes
     orders = [[r["server"] for r in echoes if r["round"] == n] for n in (0, 1)]

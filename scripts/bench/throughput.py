@@ -92,6 +92,17 @@ def run(servers: dict[str, Server], rounds: int, duration: float, connections: i
     return {"runs": runs, "summary": summarize(runs, rounds)}
 
 
+def _cpu_ratios(here: list[dict], rounds: int, ours: Flavor, theirs: Flavor) -> list[float]:
+    """Per round: CPU per request of `ours` over that of `theirs` (below 1: ours spends less)."""
+    out = []
+    for rnd in range(rounds):
+        a = [r.get("cpu_us_per_req") for r in here if r["round"] == rnd and r["server"] == ours.key]
+        b = [r.get("cpu_us_per_req") for r in here if r["round"] == rnd and r["server"] == theirs.key]
+        if a and b and a[0] is not None and b[0]:
+            out.append(a[0] / b[0])
+    return out
+
+
 def summarize(runs: list[dict], rounds: int, cells_run: list[tuple[str, str]] = CELLS,
               order: list[Flavor] = ORDER, pairs: list[tuple[Flavor, Flavor]] = PAIRS) -> dict:
     """Per cell: each server's medians, and each pair's ratio taken within every round.
@@ -115,6 +126,8 @@ def summarize(runs: list[dict], rounds: int, cells_run: list[tuple[str, str]] = 
                 "runs": len(mine),
                 "rps_all": [round(r["rps"]) for r in mine],
             }
+            if any(r.get("cpu_us_per_req") is not None for r in mine):  # the asgi section measures it
+                per_server[flavor.key]["cpu_us"] = median([r.get("cpu_us_per_req") for r in mine])
         ratios = {}
         for ours, theirs in pairs:
             per_round = []
@@ -125,5 +138,9 @@ def summarize(runs: list[dict], rounds: int, cells_run: list[tuple[str, str]] = 
                     per_round.append(a[0] / b[0])
             ratios[f"{ours.key}/{theirs.key}"] = {"median": median(per_round),
                                                   "per_round": [round(x, 3) for x in per_round]}
+            cpu = _cpu_ratios(here, rounds, ours, theirs)
+            if cpu:
+                ratios[f"{ours.key}/{theirs.key}"] |= {"cpu_median": median(cpu),
+                                                       "cpu_per_round": [round(x, 3) for x in cpu]}
         cells[f"{path} {conn}"] = {"servers": per_server, "ratios": ratios}
     return cells
