@@ -500,7 +500,9 @@ def test_asgi_section_quick_runs_every_contender_in_every_cell_and_leaves_nothin
         for key, s in cell["servers"].items():
             assert s["runs"] == 2 and s["errors"] == 0 and s["rps"] > 0, (path, conn, key, s)
         assert all(len(r["per_round"]) == 2 for r in cell["ratios"].values())
-    assert all(r["cpu_us_per_req"] is not None and r["cpu_us_per_req"] > 0 for r in out["runs"]), out["runs"]
+    assert all(r["cpu_us_per_req"] is not None for r in out["runs"]), out["runs"]
+    # /proc counts CPU in 10 ms ticks: a 1 s wrk run always shows some; a 200-message echo may not
+    assert all(r["cpu_us_per_req"] > 0 for r in out["runs"] if r["connection"] != "echo"), out["runs"]
     echoes = [r for r in out["runs"] if r["connection"] == "echo"]
     assert all(r["requests"] == 4 * 50 and r["close_codes"] == {"1000": 4} for r in echoes), echoes
     orders = [[r["server"] for r in echoes if r["round"] == n] for n in (0, 1)]
