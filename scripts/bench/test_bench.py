@@ -483,7 +483,7 @@ needs_uvicorn = pytest.mark.skipif(not (servers.VENV / "bin" / "uvicorn").exists
 
 
 @needs_uvicorn
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)  # about 20 s alone; three servers and wrk on 2 busy cores can take 3x that
 def test_asgi_section_quick_runs_every_contender_in_every_cell_and_leaves_nothing(tmp_path: Path) -> None:
     """The whole ASGI section on real servers with tiny loads: seconds, not minutes."""
     proctree.become_subreaper()
