@@ -79,6 +79,7 @@ def measure(server: Server, path: str, conn: str, params: dict) -> dict:
                                     params["wrk_threads"], conn == "close"))
     spent = proctree.tree_cpu_seconds(master) - before if master and before is not None else None
     res["cpu_s"] = spent
+    res["load1"] = os.getloadavg()[0]  # in the JSON: how busy the machine was around this run
     res["cpu_us_per_req"] = spent / res["requests"] * 1e6 if spent is not None and res["requests"] else None
     return res
 
