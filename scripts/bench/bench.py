@@ -83,12 +83,20 @@ def machine_info() -> dict[str, str]:
         "os": f"{osname}, Linux {platform.release()}",
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "python": platform.python_version(),
-        "hotswap": _run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]) or "?",
+        "hotswap": _hotswap_version(),
         "gunicorn": _run([str(VENV / "bin" / "gunicorn"), "--version"]),
         "wrk": (_run(["wrk", "--version"]) or "?").splitlines()[0].split(" Copyright")[0],
         "nginx": _run(["nginx", "-v"]).replace("nginx version: ", ""),
         **_venv_versions(("uvicorn", "uvloop", "httptools", "websockets")),
     }
+
+
+def _hotswap_version() -> str:
+    """The commit measured; for a merge (a branch measured on top of another), its parents too."""
+    described = _run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]) or "?"
+    parents = _run(["git", "-C", str(ROOT), "rev-list", "--parents", "-n", "1", "--abbrev-commit",
+                    "HEAD"]).split()
+    return f"{described} (merge of {' + '.join(parents[1:])})" if len(parents) > 2 else described
 
 
 def _venv_versions(names: tuple[str, ...]) -> dict[str, str]:
