@@ -64,6 +64,18 @@ def ws_echo(server: Server, connections: int, messages: int, size: int) -> dict:
             "client_cpu": out["client_cpu"]}
 
 
+def busiest_share(used: dict[int, float], master: int | None) -> float | None:
+    """The busiest worker's part of the workers' CPU in a run: 0.5 is an even split over two.
+
+    With keep-alive, wrk's 16 connections are accepted once, at its start, by whichever
+    worker wakes first; a split of 14 to 2 leaves one core mostly idle, whatever the server
+    does per request. This shows it (None when the run used too little CPU to tell).
+    """
+    workers = [cpu for pid, cpu in used.items() if pid != master]
+    total = sum(workers)
+    return max(workers) / total if workers and total >= 0.05 else None
+
+
 def measure(server: Server, path: str, conn: str, params: dict) -> dict:
     """One run of one cell: wrk for the hello, wsload for the echo; plus the server's CPU per request.
 
@@ -71,14 +83,17 @@ def measure(server: Server, path: str, conn: str, params: dict) -> dict:
     other jobs share the cores: a server slowed by a neighbour waits, it does not spend more.
     """
     master = server.master_pid()
-    before = proctree.tree_cpu_seconds(master) if master else None
+    before = proctree.tree_cpu(master) if master else None
     if conn == "echo":
         res = ws_echo(server, params["ws_connections"], params["ws_messages"], params["ws_size"])
     else:
         res = asdict(throughput.wrk(server.url(path), params["duration"], params["connections"],
                                     params["wrk_threads"], conn == "close"))
-    spent = proctree.tree_cpu_seconds(master) - before if master and before is not None else None
+    after = proctree.tree_cpu(master) if master else {}
+    used = {pid: cpu - (before or {}).get(pid, 0.0) for pid, cpu in after.items()}
+    spent = sum(used.values()) if master and before is not None else None
     res["cpu_s"] = spent
+    res["busiest_worker"] = busiest_share(used, master)
     res["load1"] = os.getloadavg()[0]  # in the JSON: how busy the machine was around this run
     res["cpu_us_per_req"] = spent / res["requests"] * 1e6 if spent is not None and res["requests"] else None
     return res

@@ -33,7 +33,7 @@ def judge(asgi: dict) -> list[dict]:
 def render(res: dict) -> str:
     asgi = res["asgi"]
     parts = [_machine(res, asgi), _targets(judge(asgi)), _table(asgi, res["params"]), _ratios(asgi),
-             _client(asgi)]
+             _balance(asgi), _client(asgi)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -94,6 +94,21 @@ def _ratios(asgi: dict) -> str:
             lines.append(f"| {CELL_NAMES[f'{path} {conn}']} | " + " | ".join(cols) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
+
+
+def _balance(asgi: dict) -> str:
+    """Per run, the busiest worker's part of the workers' CPU (0.50: an even split over two)."""
+    lines = ["| busiest worker's share of the workers' CPU, per run | "
+             + " | ".join(LABELS[k].split(" ")[0] for k in asgi["contenders"]) + " |",
+             "| --- |" + " --- |" * len(asgi["contenders"])]
+    for path, conn in CELLS:
+        cell = asgi["summary"].get(f"{path} {conn}")
+        if not cell:
+            continue
+        shares = [cell["servers"].get(k, {}).get("busiest_all", []) for k in asgi["contenders"]]
+        cols = [" ".join("–" if x is None else f"{x:.2f}" for x in these) or "–" for these in shares]
+        lines.append(f"| {CELL_NAMES[f'{path} {conn}']} | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
 
 
 def _client(asgi: dict) -> str:

@@ -58,10 +58,15 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU time of `root` and of every live process below it, by pid."""
+    pids = [root, *(p.pid for p in descendants(root) if p.state not in ("Z", "X"))]
+    return {pid: cpu_seconds(pid) or 0.0 for pid in pids}
+
+
 def tree_cpu_seconds(root: int) -> float:
     """CPU time of `root` and every live process below it: what a server spent, all workers included."""
-    pids = [root, *(p.pid for p in descendants(root) if p.state not in ("Z", "X"))]
-    return sum(cpu_seconds(pid) or 0.0 for pid in pids)
+    return sum(tree_cpu(root).values())
 
 
 def cmdline(pid: int) -> str:

@@ -433,7 +433,7 @@ def _asgi_results(hotswap: str, ratio_ka: float) -> dict:
     flavors = [a, b] if hotswap == "measured" else [b]
     runs = [{"round": 0, "path": p, "connection": c, "server": f.key,
              "rps": (ratio_ka if f is a else 1.0) * 1000, "p50": 0.001, "p99": 0.002, "errors": 0,
-             "cpu_us_per_req": 50.0 if f is a else 100.0,
+             "cpu_us_per_req": 50.0 if f is a else 100.0, "busiest_worker": 0.875 if f is a else None,
              **({"client_cpu": 0.5, "client_loop": "uvloop"} if c == "echo" else {})}
             for p, c in asgibench.CELLS for f in flavors]
     pairs = [(a, b)] if hotswap == "measured" else []
@@ -454,9 +454,16 @@ def test_asgi_report_judges_hotswap_against_uvicorn_or_says_it_was_not_measured(
     assert "| WebSocket echo | 1.20× (1.2) |" in text
     assert "| CPU per request, per-round ratios | hotswap / uvicorn |" in text
     assert "| WebSocket echo | 0.50× (0.5) |" in text
+    assert "| hello (13 B), keep-alive | 0.88 | – |" in text
     assert "4 connections × 10 messages of 32 B" in text
     assert "Echo client (one process, on uvloop): its CPU time over wall time, median per server: " \
            "hotswap 50 %, uvicorn 50 %. Echo errors: none." in text
+
+
+def test_busiest_share_is_the_top_workers_part_and_ignores_the_master_and_idle_runs() -> None:
+    assert asgibench.busiest_share({1: 5.0, 2: 0.3, 3: 0.1}, master=1) == pytest.approx(0.75)
+    assert asgibench.busiest_share({1: 0.0, 2: 0.5, 3: 0.5}, master=1) == pytest.approx(0.5)
+    assert asgibench.busiest_share({1: 0.0, 2: 0.01, 3: 0.0}, master=1) is None  # one tick: too little
 
 
 def test_tree_cpu_seconds_grows_with_work_done() -> None:

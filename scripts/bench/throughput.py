@@ -128,6 +128,8 @@ def summarize(runs: list[dict], rounds: int, cells_run: list[tuple[str, str]] = 
             }
             if any(r.get("cpu_us_per_req") is not None for r in mine):  # the asgi section measures it
                 per_server[flavor.key]["cpu_us"] = median([r.get("cpu_us_per_req") for r in mine])
+                per_server[flavor.key]["busiest_all"] = [None if r.get("busiest_worker") is None
+                                                         else round(r["busiest_worker"], 2) for r in mine]
         ratios = {}
         for ours, theirs in pairs:
             per_round = []
