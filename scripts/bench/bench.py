@@ -94,8 +94,7 @@ def machine_info() -> dict[str, str]:
 def _hotswap_version() -> str:
     """The commit measured; for a merge (a branch measured on top of another), its parents too."""
     described = _run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]) or "?"
-    parents = _run(["git", "-C", str(ROOT), "rev-list", "--parents", "-n", "1", "--abbrev-commit",
-                    "HEAD"]).split()
+    parents = _run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %p"]).split()
     return f"{described} (merge of {' + '.join(parents[1:])})" if len(parents) > 2 else described
 
 
