@@ -1,8 +1,10 @@
 """hotswap vs gunicorn (and nginx as this machine's ceiling), in one run: see docs/performance.md.
 
-Normally started through `scripts/bench/run`, which installs wrk, nginx and a gunicorn
-venv first. Writes bench-results/bench-<time>.{md,json} and bench-results/latest.{md,json};
-with --docs it also replaces the results block of docs/performance.md.
+Normally started through `scripts/bench/run`, which installs wrk, nginx and a venv with
+gunicorn, uvicorn and uvloop first. Writes bench-results/bench-<time>.{md,json} and
+bench-results/latest.{md,json}; with --docs it also replaces the results blocks of
+docs/performance.md of the sections that ran (WSGI sections and the ASGI one each have
+their own block).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import asgibench
+import asgireport
 import continuity
 import memory
 import proctree
@@ -39,15 +43,20 @@ from servers import (
 # watch_window: hotswap's --watch-window (s) in every section but the soak, which runs 200
 # upgrades back to back and so gets a shorter one (soak_watch_window): each upgrade waits
 # out its window before the next can start, and the bench should stay about as long.
+# The asgi section shares rounds, duration, connections, wrk_threads and workers with the
+# WSGI throughput section; ws_*: its WebSocket echo (connections x messages of ws_size bytes).
 FULL = {"rounds": 5, "duration": 5.0, "connections": 16, "wrk_threads": 1, "workers": 2,
+        "ws_connections": 16, "ws_messages": 10000, "ws_size": 32,
         "upgrades": 20, "block": 5, "gap": 0.6, "load_threads": 4, "load_interval": 0.005,
         "watch_window": 1.0, "soak_upgrades": 200, "soak_every": 20, "soak_threads": 2,
         "soak_interval": 0.02, "soak_gap": 0.1, "soak_watch_window": 0.2}
 QUICK = FULL | {"rounds": 1, "duration": 2.0, "upgrades": 3, "block": 3, "gap": 0.4,
-                "soak_upgrades": 10, "soak_every": 5}
-SECTIONS = ("throughput", "memory", "continuity", "soak")
+                "soak_upgrades": 10, "soak_every": 5, "ws_messages": 1000}
+SECTIONS = ("throughput", "memory", "continuity", "soak", "asgi")
+WSGI_SECTIONS = SECTIONS[:4]
 DOCS = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+ASGI_BEGIN, ASGI_END = "<!-- bench-asgi:begin -->", "<!-- bench-asgi:end -->"
 
 
 def log(message: str) -> None:
@@ -74,11 +83,29 @@ def machine_info() -> dict[str, str]:
         "os": f"{osname}, Linux {platform.release()}",
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "python": platform.python_version(),
-        "hotswap": _run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]) or "?",
+        "hotswap": _hotswap_version(),
         "gunicorn": _run([str(VENV / "bin" / "gunicorn"), "--version"]),
         "wrk": (_run(["wrk", "--version"]) or "?").splitlines()[0].split(" Copyright")[0],
         "nginx": _run(["nginx", "-v"]).replace("nginx version: ", ""),
+        **_venv_versions(("uvicorn", "uvloop", "httptools", "websockets")),
     }
+
+
+def _hotswap_version() -> str:
+    """The commit measured; for a merge (a branch measured on top of another), its parents too."""
+    described = _run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]) or "?"
+    parents = _run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %p"]).split()
+    return f"{described} (merge of {' + '.join(parents[1:])})" if len(parents) > 2 else described
+
+
+def _venv_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Versions of the venv's packages the ASGI contenders run on ('not installed' when absent)."""
+    code = ("import importlib.metadata as m, sys\n"
+            "for n in sys.argv[1:]:\n"
+            "    try: print(m.version(n))\n"
+            "    except m.PackageNotFoundError: print('not installed')")
+    out = _run([str(VENV / "bin" / "python"), "-c", code, *names]).splitlines()
+    return dict(zip(names, out, strict=True)) if len(out) == len(names) else {}
 
 
 def _run(cmd: list[str]) -> str:
@@ -89,9 +116,13 @@ def _run(cmd: list[str]) -> str:
     return (done.stdout or done.stderr).strip()
 
 
-def check_tools() -> None:
-    missing = [name for name, ok in (("wrk", shutil.which("wrk")), ("nginx", shutil.which("nginx")),
-                                     ("gunicorn", (VENV / "bin" / "gunicorn").exists())) if not ok]
+def check_tools(sections: list[str]) -> None:
+    needs = [("wrk", shutil.which("wrk")), ("gunicorn", (VENV / "bin" / "gunicorn").exists())]
+    if set(sections) & set(WSGI_SECTIONS):
+        needs.insert(1, ("nginx", shutil.which("nginx")))
+    if "asgi" in sections:
+        needs.append(("uvicorn", (VENV / "bin" / "uvicorn").exists()))
+    missing = [name for name, ok in needs if not ok]
     if missing:
         raise SystemExit(f"bench: missing {', '.join(missing)}: start the benchmark with scripts/bench/run, "
                          "which installs them")
@@ -99,25 +130,29 @@ def check_tools() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="a smoke run, about 3 minutes")
+    ap.add_argument("--quick", action="store_true", help="a smoke run, about 3 minutes (asgi alone: 30 s)")
     ap.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "bench-results"), help="folder for the .md and .json")
     ap.add_argument("--docs", action="store_true", help=f"replace the results block of {DOCS.name}")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, pidfiles)")
+    ap.add_argument("--rounds", type=int, help="interleaved throughput/asgi rounds (default: 5, quick: 1)")
+    ap.add_argument("--duration", type=float, help="seconds per wrk run (default: 5, quick: 2)")
+    ap.add_argument("--ws-messages", type=int, help="echo messages per connection (default: 10000)")
     ap.add_argument("--render", metavar="JSON", help="run nothing: re-render a results file "
                     "(with --docs, into docs/performance.md)")
     args = ap.parse_args(argv)
     if args.render:
         res = json.loads(Path(args.render).read_text())
-        res["targets"] = report.judge(res)
-        text = report.render(res)
-        if args.docs:
-            _update_docs(text)
-        print(text)
+        print(_render(res, args.docs))
         return 0
-    check_tools()
     params = dict(QUICK if args.quick else FULL)
+    for key in ("rounds", "duration", "ws_messages"):
+        if getattr(args, key) is not None:
+            if getattr(args, key) <= 0:
+                raise SystemExit(f"bench: --{key.replace('_', '-')} must be positive")
+            params[key] = getattr(args, key)
     sections = args.only or list(SECTIONS)
+    check_tools(sections)
     if not proctree.become_subreaper():
         log("warning: cannot become a child subreaper; leftover counts may miss orphans")
     work = Path(tempfile.mkdtemp(prefix="hsb-", dir="/tmp"))  # short: unix socket paths
@@ -136,17 +171,33 @@ def main(argv: list[str] | None = None) -> int:
             res["soak"] = soak.run(work / "soak", params["soak_upgrades"], params["soak_every"],
                                    params["soak_threads"], params["soak_interval"], params["soak_gap"], log,
                                    params["soak_watch_window"])
+        if "asgi" in sections:
+            res["asgi"] = asgibench.run(work / "asgi", params, log)
     finally:
         res["elapsed_s"] = time.monotonic() - started
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    res["targets"] = report.judge(res)
-    text = report.render(res)
+    text = _render(res, False)
     _write(Path(args.out), res, text)
     if args.docs:
-        _update_docs(text)
+        _render(res, True)
     print(text)
     return 0
+
+
+def _render(res: dict, docs: bool) -> str:
+    """The markdown of every section that ran; with docs, each block of the page replaced."""
+    parts = []
+    if any(section in res for section in WSGI_SECTIONS):
+        res["targets"] = report.judge(res)
+        parts.append(report.render(res))
+        if docs:
+            _update_docs(parts[-1])
+    if "asgi" in res:
+        parts.append(asgireport.render(res))
+        if docs:
+            _update_docs(parts[-1], ASGI_BEGIN, ASGI_END)
+    return "\n".join(parts)
 
 
 def _throughput_and_memory(res: dict, params: dict, sections: list[str], work: Path) -> None:
@@ -197,13 +248,13 @@ def _write(out: Path, res: dict, text: str) -> None:
     log(f"wrote {out}/bench-{stamp}.md and .json (and latest.*)")
 
 
-def _update_docs(text: str) -> None:
+def _update_docs(text: str, begin: str = BEGIN, end: str = END) -> None:
     doc = DOCS.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"bench: {DOCS} has no {BEGIN} … {END} block to replace")
-    head, _, rest = doc.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    DOCS.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"bench: {DOCS} has no {begin} … {end} block to replace")
+    head, _, rest = doc.partition(begin)
+    _, _, tail = rest.partition(end)
+    DOCS.write_text(f"{head}{begin}\n{text}{end}{tail}")
     log(f"updated {DOCS}")
 
 

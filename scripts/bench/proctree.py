@@ -47,6 +47,28 @@ def info(pid: int) -> ProcInfo | None:
     return ProcInfo(pid, int(rest[1]), rest[0], int(rest[2]), cmdline(pid))
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read().decode("latin-1")
+    except OSError:
+        return None
+    rest = raw[raw.rindex(")") + 2:].split()  # rest[0] is field 3 (state): utime, stime are 14, 15
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU time of `root` and of every live process below it, by pid."""
+    pids = [root, *(p.pid for p in descendants(root) if p.state not in ("Z", "X"))]
+    return {pid: cpu_seconds(pid) or 0.0 for pid in pids}
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of `root` and every live process below it: what a server spent, all workers included."""
+    return sum(tree_cpu(root).values())
+
+
 def cmdline(pid: int) -> str:
     """The title a process shows (setproctitle rewrites it), '' when gone."""
     try:

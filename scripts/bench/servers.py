@@ -11,6 +11,7 @@ workers with the old code, for a watch window after the handover, so its commit 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -42,9 +43,10 @@ class Flavor:
 
     key: str
     label: str
-    kind: str  # "hotswap", "gunicorn" or "nginx"
+    kind: str  # "hotswap", "gunicorn", "uvicorn" or "nginx"
     threads: int = 1
     worker_class: str = ""
+    interface: str = "wsgi"  # "asgi": serves asgiapps:app instead of apps:app
 
 
 HOTSWAP_T1 = Flavor("hotswap-t1", "hotswap --threads 1", "hotswap", 1)
@@ -52,6 +54,12 @@ HOTSWAP_T2 = Flavor("hotswap-t2", "hotswap --threads 2", "hotswap", 2)
 GUNICORN_SYNC = Flavor("gunicorn-sync", "gunicorn sync", "gunicorn", 1, "sync")
 GUNICORN_GTHREAD = Flavor("gunicorn-gthread", "gunicorn gthread --threads 2", "gunicorn", 2, "gthread")
 NGINX = Flavor("nginx", "nginx return 200", "nginx")
+# The ASGI contenders (issue 11): the same 2 workers, uvloop wherever the venv has it.
+HOTSWAP_ASGI = Flavor("hotswap-asgi", "hotswap --interface asgi", "hotswap", interface="asgi")
+UVICORN = Flavor("uvicorn", "uvicorn --http httptools --loop uvloop --ws websockets-sansio", "uvicorn",
+                 interface="asgi")
+GUNICORN_ASGI = Flavor("gunicorn-asgi", "gunicorn -k asgi --asgi-loop uvloop", "gunicorn", 1, "asgi",
+                       interface="asgi")
 
 
 @dataclass
@@ -131,14 +139,21 @@ class Server:
         return all(probe(b) for b in self.binds)
 
     def master_pid(self) -> int | None:
-        """The current master: PIDFILE, or gunicorn's PIDFILE.2 while it is missing."""
+        """The current master: PIDFILE, or gunicorn's PIDFILE.2 while it is missing.
+
+        uvicorn writes no pidfile: its master is the process we started.
+        """
+        if self.flavor.kind == "uvicorn":
+            return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
         pid = read_pid(self.pidfile)
         if self.flavor.kind == "gunicorn" and not (pid and proctree.alive(pid)):
             pid = read_pid(Path(f"{self.pidfile}.2")) or pid
         return pid
 
     def workers_of(self, master: int) -> list[int]:
-        return [p.pid for p in proctree.children(master) if p.state not in ("Z", "X")]
+        """Live children, less multiprocessing's resource tracker (uvicorn's master starts one)."""
+        return [p.pid for p in proctree.children(master)
+                if p.state not in ("Z", "X") and "resource_tracker" not in proctree.cmdline(p.pid)]
 
     def stop(self) -> None:
         """TERM every master we know of (pidfile, .oldbin, the first one), then KILL leftovers."""
@@ -166,27 +181,43 @@ class Server:
     def _command(self) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ)
         kind = self.flavor.kind
+        asgi = self.flavor.interface == "asgi"
+        app = "asgiapps:app" if asgi else "apps:app"
         if kind == "hotswap":
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE)])
-            cmd = [str(PYTHON), "-m", "hotswap", "start", "apps:app", "--workers", str(self.workers),
-                   "--threads", str(self.flavor.threads), "--pidfile", str(self.pidfile),
-                   "--keepalive", "5", "--log-level", "warning",
+            cmd = [str(PYTHON), "-m", "hotswap", "start", app, "--workers", str(self.workers),
+                   *(["--interface", "asgi"] if asgi else ["--threads", str(self.flavor.threads)]),
+                   "--pidfile", str(self.pidfile), "--keepalive", "5", "--log-level", "warning",
                    "--watch-window", f"{self.watch_window:g}"]
             for bind in self.binds:
                 cmd += ["--bind", bind]
             return cmd, env
         if kind == "gunicorn":
             env["PYTHONPATH"] = str(HERE)
-            cmd = [str(VENV / "bin" / "gunicorn"), "apps:app", "--workers", str(self.workers),
+            cmd = [str(VENV / "bin" / "gunicorn"), app, "--workers", str(self.workers),
                    "--worker-class", self.flavor.worker_class, "--threads", str(self.flavor.threads),
                    "--pid", str(self.pidfile), "--keep-alive", "5", "--log-level", "warning",
                    # one control socket per instance would share ~/.gunicorn/gunicorn.ctl: off
-                   "--no-control-socket"]
+                   "--no-control-socket",
+                   *(["--asgi-loop", "uvloop" if venv_has("uvloop") else "asyncio"] if asgi else [])]
             for bind in self.binds:
                 cmd += ["--bind", bind]
             return cmd, env
+        if kind == "uvicorn":
+            return self._uvicorn_command(env), env
         conf = self._nginx_conf()
         return ["nginx", "-p", str(self.folder), "-c", str(conf), "-e", str(self.log_path)], env
+
+    def _uvicorn_command(self, env: dict[str, str]) -> list[str]:
+        """uvicorn's own multi-process mode (its master spawns the workers, sharing one socket)."""
+        if self.unix or not self.tcp:
+            raise ValueError("the benchmark runs uvicorn on TCP only")
+        env["PYTHONPATH"] = str(HERE)
+        return [str(VENV / "bin" / "uvicorn"), "asgiapps:app", "--host", "127.0.0.1",
+                "--port", str(self.port), "--workers", str(self.workers), "--http", "httptools",
+                "--loop", "uvloop" if venv_has("uvloop") else "asyncio", "--ws", "websockets-sansio",
+                "--timeout-keep-alive", "5", "--backlog", "2048", "--log-level", "warning",
+                "--no-access-log"]
 
     def _nginx_conf(self) -> Path:
         """A self-contained nginx: every path in our folder, nothing in /etc or /var touched."""
@@ -351,6 +382,25 @@ def hotswap_result(report: dict, marks: dict[str, float], began: float, returned
     return UpgradeResult(ok, started, ended, report.get("ready_seconds"), handover,
                          report.get("old_pid"), report.get("new_pid"), reason,
                          commit_s=commit, committed=gone if gone is not None else returned)
+
+
+@functools.cache
+def venv_has(module: str) -> bool:
+    """Whether the bench venv's Python can import `module` (uvloop is used only where it can)."""
+    if not PYTHON.exists():
+        return False
+    return subprocess.run([str(PYTHON), "-c", f"import {module}"], capture_output=True,
+                          timeout=30).returncode == 0
+
+
+@functools.cache
+def hotswap_serves_asgi() -> bool:
+    """Whether this work tree's hotswap has an ASGI worker (`hotswap start --interface`)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
+    python = str(PYTHON) if PYTHON.exists() else "python3"
+    done = subprocess.run([python, "-m", "hotswap", "start", "--help"], capture_output=True, text=True,
+                          env=env, timeout=30)
+    return done.returncode == 0 and "--interface" in done.stdout
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ The end-to-end test runs real servers on the bench venv's Python and is skipped 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -285,3 +286,234 @@ def test_run_refuses_cleanly_without_its_tools(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "missing wrk, nginx, gunicorn" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- the ASGI section (issue 11) -------------------------------------------------------
+
+import asgiapps  # noqa: E402
+import asgibench  # noqa: E402
+import asgireport  # noqa: E402
+import wsload  # noqa: E402
+from throughput import summarize  # noqa: E402
+
+
+def test_accept_value_is_the_rfc_6455_example() -> None:
+    assert wsload.accept_value(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+@pytest.mark.parametrize("size, head_len", [(0, 6), (125, 6), (126, 8), (65535, 8), (65536, 14)])
+def test_client_frame_is_masked_and_unmasks_to_the_payload(size: int, head_len: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    frame = wsload.client_frame(payload, wsload.OP_BINARY, mask=b"\x01\x02\x03\x04")
+    assert frame[0] == 0x80 | wsload.OP_BINARY and frame[1] & 0x80  # final, masked
+    assert len(frame) == head_len + size
+    assert frame[head_len - 4:head_len] == b"\x01\x02\x03\x04"
+    assert wsload.apply_mask(frame[head_len:], b"\x01\x02\x03\x04") == payload
+
+
+def test_parse_frame_waits_for_whole_frames_and_refuses_masked_ones() -> None:
+    buf = bytearray(b"\x01\x03abc" + b"\x80\x02de" + b"\x81\x7e\x00")
+    assert wsload.parse_frame(buf) == (False, wsload.OP_TEXT, b"abc")
+    assert wsload.parse_frame(buf) == (True, wsload.OP_CONT, b"de")
+    assert wsload.parse_frame(buf) is None and buf == bytearray(b"\x81\x7e\x00")  # length still partial
+    buf += b"\x80" + b"x" * 127
+    assert wsload.parse_frame(buf) is None  # 128 announced, 127 here
+    buf += b"y"
+    assert wsload.parse_frame(buf) == (True, wsload.OP_TEXT, b"x" * 127 + b"y") and not buf
+    with pytest.raises(wsload.ProtocolError, match="masked"):
+        wsload.parse_frame(bytearray(wsload.client_frame(b"hi")))
+
+
+def test_messages_are_distinct_and_of_the_asked_size() -> None:
+    msgs = wsload.messages(1000, 32)
+    assert len(set(msgs)) == 1000 and {len(m) for m in msgs} == {32}
+
+
+async def _toy_ws_server(mode: str) -> tuple[asyncio.AbstractServer, int]:
+    """A minimal WebSocket server for the client's own tests: echo, echo wrongly, or refuse."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await exchange(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):  # the client aborts after a wrong echo
+            writer.close()
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if mode == "refuse":
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key"))
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + wsload.accept_value(key) + b"\r\n\r\n")
+        while True:
+            b0, b1 = await reader.readexactly(2)
+            n = b1 & 0x7F  # the client's test messages are short
+            mask = await reader.readexactly(4)
+            payload = wsload.apply_mask(await reader.readexactly(n), mask)
+            if b0 & 0x0F == wsload.OP_CLOSE:
+                writer.write(bytes([0x88, len(payload)]) + payload)
+                writer.close()
+                return
+            if mode == "wrong":
+                payload = payload[:-1] + b"?"
+            writer.write(bytes([0x80 | (b0 & 0x0F), len(payload)]) + payload)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _wsload_against(mode: str) -> dict:
+    server, port = await _toy_ws_server(mode)
+    async with server:
+        return await wsload.run(f"ws://127.0.0.1:{port}/ws", 3, 20, 16, timeout=20)
+
+
+@pytest.mark.timeout(30)
+def test_wsload_counts_every_echo_and_a_clean_close() -> None:
+    out = asyncio.run(_wsload_against("echo"))
+    assert (out["messages"], out["expected"], out["errors"]) == (60, 60, {})
+    assert out["close_codes"] == {"1000": 3} and out["rate"] > 0 and out["p50"] <= out["p99"]
+
+
+@pytest.mark.timeout(30)
+def test_wsload_reports_a_wrong_echo_and_a_refused_handshake() -> None:
+    wrong = asyncio.run(_wsload_against("wrong"))
+    assert wrong["errors"] == {"wrong echo": 3} and wrong["messages"] == 0
+    refused = asyncio.run(_wsload_against("refuse"))
+    assert refused["errors"] == {"handshake refused": 3} and refused["messages"] == 0
+
+
+async def _call_asgi(scope: dict, events: list[dict]) -> list[dict]:
+    sent: list[dict] = []
+    queue = list(events)
+
+    async def receive() -> dict:
+        return queue.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await asgiapps.app(scope, receive, send)
+    return sent
+
+
+def test_asgi_app_answers_the_wsgi_hello_bytes_echoes_and_does_lifespan() -> None:
+    sent = asyncio.run(_call_asgi({"type": "http", "path": "/"}, []))
+    assert sent[0]["status"] == 200 and sent[1]["body"] == apps.HELLO
+    assert dict(sent[0]["headers"]) == {k.lower().encode(): v.encode() for k, v in apps._HELLO_HEADERS}
+    assert asyncio.run(_call_asgi({"type": "http", "path": "/16k"}, []))[1]["body"] == apps.BIG
+    assert asyncio.run(_call_asgi({"type": "http", "path": "/nope"}, []))[0]["status"] == 404
+    echo = asyncio.run(_call_asgi({"type": "websocket", "path": "/ws"}, [
+        {"type": "websocket.connect"}, {"type": "websocket.receive", "text": "hi"},
+        {"type": "websocket.receive", "bytes": b"\x00\x01"}, {"type": "websocket.disconnect", "code": 1000}]))
+    assert echo == [{"type": "websocket.accept"}, {"type": "websocket.send", "text": "hi"},
+                    {"type": "websocket.send", "bytes": b"\x00\x01"}]
+    life = asyncio.run(_call_asgi({"type": "lifespan"}, [{"type": "lifespan.startup"},
+                                                          {"type": "lifespan.shutdown"}]))
+    assert [m["type"] for m in life] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_asgi_rounds_rotate_and_ratios_are_taken_within_each_round() -> None:
+    a, b, c = asgibench.ORDER
+    assert [asgibench.round_order(r, [a, b, c]) for r in range(4)] == [
+        [a, b, c], [b, c, a], [c, a, b], [a, b, c]]
+    rates = {(0, a.key): 200.0, (0, b.key): 100.0, (1, a.key): 90.0, (1, b.key): 100.0}
+    runs = [{"round": r, "path": "/ws", "connection": "echo", "server": k, "rps": v, "p50": 0.001,
+             "p99": 0.002, "errors": 0} for (r, k), v in rates.items()]
+    cell = summarize(runs, 2, asgibench.CELLS, [a, b], [(a, b)])["/ws echo"]
+    assert cell["ratios"][f"{a.key}/{b.key}"] == {"median": pytest.approx(1.45), "per_round": [2.0, 0.9]}
+    assert cell["servers"][a.key]["rps_all"] == [200, 90]
+
+
+def _asgi_results(hotswap: str, ratio_ka: float) -> dict:
+    a, b = servers.HOTSWAP_ASGI, servers.UVICORN
+    flavors = [a, b] if hotswap == "measured" else [b]
+    runs = [{"round": 0, "path": p, "connection": c, "server": f.key,
+             "rps": (ratio_ka if f is a else 1.0) * 1000, "p50": 0.001, "p99": 0.002, "errors": 0,
+             "cpu_us_per_req": 50.0 if f is a else 100.0, "busiest_worker": 0.875 if f is a else None,
+             **({"client_cpu": 0.5, "client_loop": "uvloop"} if c == "echo" else {})}
+            for p, c in asgibench.CELLS for f in flavors]
+    pairs = [(a, b)] if hotswap == "measured" else []
+    return {"contenders": [f.key for f in flavors], "hotswap": hotswap, "runs": runs, "elapsed_s": 3.0,
+            "summary": summarize(runs, 1, asgibench.CELLS, flavors, pairs)}
+
+
+def test_asgi_report_judges_hotswap_against_uvicorn_or_says_it_was_not_measured() -> None:
+    met = asgireport.judge(_asgi_results("measured", 1.2))
+    assert [t["met"] for t in met] == [True, True, True] and met[0]["measured"] == "1.20×"
+    assert [t["met"] for t in asgireport.judge(_asgi_results("measured", 0.8))] == [False] * 3
+    absent = asgireport.judge(_asgi_results("not measured: no ASGI worker", 1.0))
+    assert [t["met"] for t in absent] == [None] * 3 and "not measured" in absent[0]["measured"]
+    params = {"wrk_threads": 1, "connections": 16, "duration": 1.0, "ws_connections": 4, "ws_messages": 10,
+              "ws_size": 32, "rounds": 1, "workers": 2}
+    text = asgireport.render({"asgi": _asgi_results("measured", 1.2), "params": params, "when": "now",
+                              "command": "scripts/bench/run --only asgi", "machine": {"cpu": "x"}})
+    assert "| WebSocket echo | 1.20× (1.2) |" in text
+    assert "| CPU per request, per-round ratios | hotswap / uvicorn |" in text
+    assert "| WebSocket echo | 0.50× (0.5) |" in text
+    assert "| hello (13 B), keep-alive | 0.88 | – |" in text
+    assert "4 connections × 10 messages of 32 B" in text
+    assert "Echo client (one process, on uvloop): its CPU time over wall time, median per server: " \
+           "hotswap 50 %, uvicorn 50 %. Echo errors: none." in text
+
+
+def test_busiest_share_is_the_top_workers_part_and_ignores_the_master_and_idle_runs() -> None:
+    assert asgibench.busiest_share({1: 5.0, 2: 0.3, 3: 0.1}, master=1) == pytest.approx(0.75)
+    assert asgibench.busiest_share({1: 0.0, 2: 0.5, 3: 0.5}, master=1) == pytest.approx(0.5)
+    assert asgibench.busiest_share({1: 0.0, 2: 0.01, 3: 0.0}, master=1) is None  # one tick: too little
+
+
+def test_tree_cpu_seconds_grows_with_work_done() -> None:
+    before = proctree.tree_cpu_seconds(os.getpid())
+    end = time.process_time() + 0.1
+    while time.process_time() < end:  # bounded: 0.1 s of this process's CPU
+        pass
+    assert proctree.tree_cpu_seconds(os.getpid()) - before >= 0.05
+
+
+def test_docs_update_replaces_only_the_asgi_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench
+
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"a\n{bench.BEGIN}\nwsgi\n{bench.END}\nb\n{bench.ASGI_BEGIN}\nold\n{bench.ASGI_END}\nc\n")
+    monkeypatch.setattr(bench, "DOCS", doc)
+    bench._update_docs("new\n", bench.ASGI_BEGIN, bench.ASGI_END)
+    assert doc.read_text() == (f"a\n{bench.BEGIN}\nwsgi\n{bench.END}\nb\n{bench.ASGI_BEGIN}\nnew\n"
+                               f"{bench.ASGI_END}\nc\n")
+
+
+needs_uvicorn = pytest.mark.skipif(not (servers.VENV / "bin" / "uvicorn").exists(),
+                                   reason="run scripts/bench/run once to create the bench venv with uvicorn")
+
+
+@needs_uvicorn
+@pytest.mark.timeout(180)  # about 20 s alone; three servers and wrk on 2 busy cores can take 3x that
+def test_asgi_section_quick_runs_every_contender_in_every_cell_and_leaves_nothing(tmp_path: Path) -> None:
+    """The whole ASGI section on real servers with tiny loads: seconds, not minutes."""
+    proctree.become_subreaper()
+    before = {p.pid for p in proctree.descendants(os.getpid())}
+    params = {"rounds": 2, "duration": 1.0, "connections": 8, "wrk_threads": 1, "workers": 2,
+              "ws_connections": 4, "ws_messages": 50, "ws_size": 32}
+    out = asgibench.run(tmp_path, params, lambda _msg: None)
+    expected = [f.key for f in asgibench.ORDER if f is not servers.HOTSWAP_ASGI
+                or servers.hotswap_serves_asgi()]
+    assert out["contenders"] == expected
+    for path, conn in asgibench.CELLS:
+        cell = out["summary"][f"{path} {conn}"]
+        assert list(cell["servers"]) == expected
+        for key, s in cell["servers"].items():
+            assert s["runs"] == 2 and s["errors"] == 0 and s["rps"] > 0, (path, conn, key, s)
+        assert all(len(r["per_round"]) == 2 for r in cell["ratios"].values())
+    assert all(r["cpu_us_per_req"] is not None for r in out["runs"]), out["runs"]
+    # /proc counts CPU in 10 ms ticks: a 1 s wrk run always shows some; a 200-message echo may not
+    assert all(r["cpu_us_per_req"] > 0 for r in out["runs"] if r["connection"] != "echo"), out["runs"]
+    echoes = [r for r in out["runs"] if r["connection"] == "echo"]
+    assert all(r["requests"] == 4 * 50 and r["close_codes"] == {"1000": 4} for r in echoes), echoes
+    orders = [[r["server"] for r in echoes if r["round"] == n] for n in (0, 1)]
+    assert orders[1] == orders[0][1:] + orders[0][:1]  # rotated by one
+    time.sleep(0.1)
+    left = [p for p in proctree.descendants(os.getpid()) if p.pid not in before and p.state != "Z"]
+    assert not left, left

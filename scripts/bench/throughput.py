@@ -92,12 +92,29 @@ def run(servers: dict[str, Server], rounds: int, duration: float, connections: i
     return {"runs": runs, "summary": summarize(runs, rounds)}
 
 
-def summarize(runs: list[dict], rounds: int) -> dict:
+def _cpu_ratios(here: list[dict], rounds: int, ours: Flavor, theirs: Flavor) -> list[float]:
+    """Per round: CPU per request of `ours` over that of `theirs` (below 1: ours spends less)."""
+    out = []
+    for rnd in range(rounds):
+        a = [r.get("cpu_us_per_req") for r in here if r["round"] == rnd and r["server"] == ours.key]
+        b = [r.get("cpu_us_per_req") for r in here if r["round"] == rnd and r["server"] == theirs.key]
+        if a and b and a[0] is not None and b[0]:
+            out.append(a[0] / b[0])
+    return out
+
+
+def summarize(runs: list[dict], rounds: int, cells_run: list[tuple[str, str]] = CELLS,
+              order: list[Flavor] = ORDER, pairs: list[tuple[Flavor, Flavor]] = PAIRS) -> dict:
+    """Per cell: each server's medians, and each pair's ratio taken within every round.
+
+    The defaults are the WSGI section's; the ASGI section (asgibench.py) passes its own.
+    A run's "rps" is whatever rate its cell measures (req/s, or messages/s for an echo).
+    """
     cells = {}
-    for path, conn in CELLS:
+    for path, conn in cells_run:
         here = [r for r in runs if r["path"] == path and r["connection"] == conn]
         per_server = {}
-        for flavor in ORDER:
+        for flavor in order:
             mine = [r for r in here if r["server"] == flavor.key]
             if not mine:
                 continue
@@ -109,8 +126,12 @@ def summarize(runs: list[dict], rounds: int) -> dict:
                 "runs": len(mine),
                 "rps_all": [round(r["rps"]) for r in mine],
             }
+            if any(r.get("cpu_us_per_req") is not None for r in mine):  # the asgi section measures it
+                per_server[flavor.key]["cpu_us"] = median([r.get("cpu_us_per_req") for r in mine])
+                per_server[flavor.key]["busiest_all"] = [None if r.get("busiest_worker") is None
+                                                         else round(r["busiest_worker"], 2) for r in mine]
         ratios = {}
-        for ours, theirs in PAIRS:
+        for ours, theirs in pairs:
             per_round = []
             for rnd in range(rounds):
                 a = [r["rps"] for r in here if r["round"] == rnd and r["server"] == ours.key]
@@ -119,5 +140,9 @@ def summarize(runs: list[dict], rounds: int) -> dict:
                     per_round.append(a[0] / b[0])
             ratios[f"{ours.key}/{theirs.key}"] = {"median": median(per_round),
                                                   "per_round": [round(x, 3) for x in per_round]}
+            cpu = _cpu_ratios(here, rounds, ours, theirs)
+            if cpu:
+                ratios[f"{ours.key}/{theirs.key}"] |= {"cpu_median": median(cpu),
+                                                       "cpu_per_round": [round(x, 3) for x in cpu]}
         cells[f"{path} {conn}"] = {"servers": per_server, "ratios": ratios}
     return cells
