@@ -10,10 +10,11 @@ gracefully within --graceful-timeout (lifespan shutdown last), QUIT and INT leav
 USR1 reopens the logs. A worker whose master dies retires as on TERM.
 
 Accepting: each listening socket is served on a *duplicate* of its fd (uvloop's
-`create_server`, or `Acceptor` on asyncio's own loop, which would otherwise reset a
-connection accepted just before the server closed), so stopping to accept (park, retire)
-closes only the duplicate: the listener itself (same fd number, inherited across
-upgrades) stays open for a later resume.
+`create_server`, or `aio_accept.Acceptor` on asyncio's own loop, which would otherwise reset
+a connection accepted just before the server closed, and on any loop for a listener with
+TLS or the PROXY protocol), so stopping to accept (park, retire) closes only the duplicate:
+the listener itself (same fd number, inherited across upgrades) stays open for a later
+resume.
 
 Long-lived connections (WebSockets, and responses already streaming with the whole
 request read) never hold a request the next generation could take:
@@ -47,6 +48,7 @@ from ..http import response as resp
 from ..http.exchange import SENDING
 from ..http.forwarded import TrustedProxies
 from ..http.request import Limits
+from .aio_accept import Acceptor, Entry
 from .asgi_http import HttpProtocol, Site
 from .healthcheck import check_asgi_app
 from .lifespan import Lifespan
@@ -125,6 +127,11 @@ class AsgiWorker:
             request_limit=self.max_requests,
             on_limit=self._request_limit,
         )
+        # TLS context and --proxy-allow-from per shared listener, as process.Worker read
+        # them at boot (the certificate files read anew by every worker: a renewed
+        # certificate is served by the next generation)
+        self.entries = {fd: Entry(tls, proxies, self.cfg.timeout)
+                        for fd, (tls, proxies) in self.booting.preambles.items()}
         self.lifespan = Lifespan(self.app, self.site.state, self.log)
         failure = await self.lifespan.startup()
         if failure is None and self.cfg.health_path:
@@ -249,16 +256,18 @@ class AsgiWorker:
 
     async def _serve(self, listener: Listener) -> Any:
         sock = listener.sock.dup()
+        entry = self.entries.get(listener.fd)
+        if entry is not None or not self.uvloop:
+            return Acceptor(self.loop, sock, self._protocol, self.accepting, self.log, entry)
         factory = self._protocol
-        if not self.uvloop:
-            return Acceptor(self.loop, sock, factory, self.accepting, self.log)
         if sock.family == socket.AF_UNIX:
             return await self.loop.create_unix_server(factory, sock=sock,
                                                       backlog=self.cfg.backlog)
         return await self.loop.create_server(factory, sock=sock, backlog=self.cfg.backlog)
 
-    def _protocol(self) -> HttpProtocol:
-        return HttpProtocol(self.site)
+    def _protocol(self, client: tuple[str, int] | None = None) -> HttpProtocol:
+        """`client`: the address a PROXY header named (None: the peer's own)."""
+        return HttpProtocol(self.site, client)
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -354,59 +363,6 @@ class AsgiWorker:
             return True
         except OSError:
             return False
-
-
-class Acceptor:
-    """Accepting for asyncio's own loop, instead of `loop.create_server`.
-
-    asyncio accepts, then sets the connection up in a task; a server closed in between (a
-    worker parking or retiring) fails that set-up on an assertion and the connection is
-    dropped with a reset (CPython 3.11's `Server._attach`). Accepting here and handing each
-    connection to `connect_accepted_socket` has no such window; the tasks still running are
-    in `pending`, so a retiring worker never leaves before they are connections. (uvloop
-    sets a connection up within the accept itself: its own servers are used there.)
-    """
-
-    BATCH = 64  # connections taken per wake-up, so one worker does not hog a burst
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Any,
-                 pending: set[asyncio.Task[Any]], log: Any) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.factory = factory
-        self.pending = pending
-        self.log = log
-        sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._accept)
-
-    def _accept(self) -> None:
-        for _ in range(self.BATCH):
-            try:
-                conn, _addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:  # out of fds: let other workers take it for a while
-                self.log.error("accept on %s failed: %s", self.sock.getsockname(), exc)
-                self.loop.remove_reader(self.sock.fileno())
-                self.loop.call_later(0.5, self._again)
-                return
-            conn.setblocking(False)
-            task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
-            self.pending.add(task)
-            task.add_done_callback(self._set_up)
-
-    def _set_up(self, task: asyncio.Task[Any]) -> None:
-        self.pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.debug("connection not set up: %s", task.exception())
-
-    def _again(self) -> None:
-        if self.sock.fileno() >= 0:
-            self.loop.add_reader(self.sock.fileno(), self._accept)
-
-    def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
 
 
 def _end_stream(conn: HttpProtocol) -> None:

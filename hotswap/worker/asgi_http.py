@@ -77,13 +77,16 @@ class Site:
 class HttpProtocol(asyncio.Protocol):
     """One client connection: parse, run one Cycle at a time, keep alive or close."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, client: tuple[str, int] | None = None) -> None:
+        """`client`: the address a PROXY header named, kept instead of the peer's."""
         self.site = site
         self.loop = asyncio.get_running_loop()
         self.parser = RequestParser(site.limits)
         self.transport: asyncio.Transport | None = None
         self.server: tuple[str, int] | None = None
-        self.client: tuple[str, int] | None = None
+        self.client: tuple[str, int] | None = client
+        self.proxied = client is not None
+        self.tls = False  # the transport is TLS: scheme https / wss
         self.cycle: Cycle | None = None
         self.ws: Any = None  # a websocket.Session once upgraded
         self.discarding: Request | None = None  # body left unread by an app that returned
@@ -105,8 +108,9 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(sockname, tuple):
             self.server = (str(sockname[0]), int(sockname[1]))
-        if isinstance(peer, tuple):
+        if isinstance(peer, tuple) and not self.proxied:
             self.client = (str(peer[0]), int(peer[1]))
+        self.tls = transport.get_extra_info("ssl_object") is not None
         self.site.conns.add(self)
 
     def data_received(self, data: bytes) -> None:

@@ -731,8 +731,8 @@ def _server_address(listener: Listener) -> tuple[str, str]:
 
 
 def _refuse_unsupported_for_asgi(cfg: Config) -> None:
-    """Options the ASGI worker does not implement yet: refusing is safer than serving
-    plain HTTP to an operator who asked for TLS, or taking a PROXY header for a request."""
-    for option, value in (("--certfile", cfg.certfile), ("--proxy-protocol", cfg.proxy_protocol)):
+    """Options the ASGI worker does not implement yet: refusing is safer than taking a
+    PROXY header for a request."""
+    for option, value in (("--proxy-protocol", cfg.proxy_protocol),):
         if value:
             raise StartupError(f"{option} is not supported for ASGI apps yet")

@@ -42,7 +42,7 @@ def test_a_websocket_request_without_the_package_is_served_as_http(masters, tmp_
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("option", ["--certfile", "--proxy-protocol"])
+@pytest.mark.parametrize("option", ["--proxy-protocol"])
 def test_options_the_asgi_worker_lacks_stop_the_start_with_one_line(masters, tmp_path: Path,
                                                                     option: str) -> None:
     write_app(tmp_path, "wsapp", APP)
