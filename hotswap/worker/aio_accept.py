@@ -97,7 +97,7 @@ class Acceptor:
         if entry.proxies is not None:
             client, ok = await self._proxy_header(conn, peer, entry)
             if not ok:
-                conn.close()
+                _drop(conn)
                 return
         factory = functools.partial(self.factory, client)
         if entry.tls is None:
@@ -156,6 +156,16 @@ class Acceptor:
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
+
+
+def _drop(conn: socket.socket) -> None:
+    """Close unanswered, our FIN first (as the WSGI worker's Connection.close): the
+    client reads the end of the stream rather than only a reset for its unread bytes."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    conn.close()
 
 
 def _has_bytes(conn: socket.socket) -> bool:
