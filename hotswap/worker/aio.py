@@ -7,7 +7,10 @@ the master kills the worker after --timeout, as for a stuck WSGI worker), `E<rea
 a failed boot (an import error or a failed lifespan startup), `R` at --max-requests, `P`
 once parked and holding no HTTP request. Signals: WINCH parks, HUP resumes, TERM retires
 gracefully within --graceful-timeout (lifespan shutdown last), QUIT and INT leave at once,
-USR1 reopens the logs. A worker whose master dies retires as on TERM.
+USR1 reopens the logs. A worker whose master dies retires as on TERM. Hooks of a config
+file (hotswap.hooks) as in the WSGI worker: post_worker_init after the lifespan startup,
+pre_request/post_request around each HTTP request (asgi_http.Cycle), worker_int on
+QUIT/INT; worker_abort and worker_exit are process.py's.
 
 Accepting: each listening socket is served on a *duplicate* of its fd (uvloop's
 `create_server`, or `aio_accept.Acceptor` on asyncio's own loop, which would otherwise reset
@@ -126,6 +129,7 @@ class AsgiWorker:
             log_debug=self.log.debug,
             request_limit=self.max_requests,
             on_limit=self._request_limit,
+            hooks=self.booting.hooks.requests(),
         )
         # TLS context and --proxy-allow-from per shared listener, as process.Worker read
         # them at boot (the certificate files read anew by every worker: a renewed
@@ -140,6 +144,7 @@ class AsgiWorker:
             self.log.error("%s", failure)
             self._tell(b"E" + " ".join(failure.split()).encode("utf-8", "replace") + b"\n")
             return self.boot_failed
+        self.booting.hooks.post_worker_init()  # after the lifespan startup, before accepting
         self.done = self.loop.create_future()  # before the handlers: QUIT resolves it
         self._install_signals()
         self.park_wanted = self.booting.park_wanted  # a WINCH or HUP during the startup
@@ -163,8 +168,8 @@ class AsgiWorker:
     def _install_signals(self) -> None:
         loop = self.loop
         loop.add_signal_handler(signal.SIGTERM, self._on_term)
-        loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
-        loop.add_signal_handler(signal.SIGINT, self._on_quit)
+        loop.add_signal_handler(signal.SIGQUIT, self._on_quit, signal.SIGQUIT)
+        loop.add_signal_handler(signal.SIGINT, self._on_quit, signal.SIGINT)
         loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
         loop.add_signal_handler(signal.SIGWINCH, self._on_winch)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
@@ -174,7 +179,8 @@ class AsgiWorker:
             self._leave_by_deadline()
         self._begin_stop()
 
-    def _on_quit(self) -> None:
+    def _on_quit(self, signum: int) -> None:
+        self.booting.hooks.worker_int(signum)
         self.fast = True
         self._finish(0)
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..hooks import NO_REQUEST_HOOKS, RequestHooks
 from ..http import response as resp
 from ..http.exchange import DONE, IDLE, SENDING, STARTED, Exchange
 from ..http.forwarded import TrustedProxies
@@ -65,6 +66,7 @@ class Site:
     log_debug: Callable[..., None] = lambda *args, **kwargs: None
     request_limit: int = 0  # --max-requests (with its jitter): on_limit is called when reached
     on_limit: Callable[[], None] = lambda: None
+    hooks: RequestHooks = NO_REQUEST_HOOKS  # pre_request / post_request (hotswap.hooks)
 
     def count_request(self) -> None:
         """Counted as each request starts, so the limit is seen at once: a busy worker
@@ -367,6 +369,7 @@ class Cycle:
         site = self.site
         site.count_request()
         keep = False
+        hooked = site.hooks.pre_request(self.req, self._hook_environ())
         try:
             await site.app(self.scope, self.receive, self.send)
         except Exception as exc:
@@ -385,8 +388,18 @@ class Cycle:
                                self.req.method, self.req.target.decode("latin-1"))
         finally:
             self.response_done = True
+            site.hooks.post_request(hooked, self.scope, self.exchange)
             self._log()
             self.proto.cycle_done(keep)
+
+    def _hook_environ(self) -> dict[str, str]:
+        """What pre_request's Req view reads (path, query, client address): a few keys in
+        WSGI's names, since the view is the same for both kinds of app. post_request gets
+        the scope itself as its `environ` argument (an ASGI app's equivalent)."""
+        scope = self.scope
+        client = scope.get("client")
+        return {"PATH_INFO": scope["path"], "QUERY_STRING": scope["query_string"].decode("latin-1"),
+                "REMOTE_ADDR": client[0] if client else ""}
 
     # -- receive ----------------------------------------------------------------------
 
