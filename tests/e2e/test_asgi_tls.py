@@ -7,12 +7,14 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import pytest
 import requests
+from asgi_rig import install_fastapp
 from certs import TestCA
-from load import run_upgrade_tool
+from load import ClientSpec, LoadGenerator, failure_report, run_upgrade_tool
 from support import free_port, wait_for, write_app
 from websockets.sync.client import connect
 
@@ -182,3 +184,65 @@ def test_a_renewed_certificate_is_served_after_an_upgrade(masters, tmp_path, ca)
     data = requests.get(f"{base}/echo", verify=str(ca.ca), timeout=5).json()
     assert data["scheme"] == "https"
     assert data["pid"] not in (master.pid, new_master)  # a worker of the new generation
+
+
+@pytest.mark.timeout(150)
+def test_renewed_certificates_under_https_load_across_two_upgrades(masters, tmp_path, ca) -> None:
+    """A FastAPI app over TLS, certificates renewed in place before each of two upgrades:
+    new connections get the new certificate, and not one request fails meanwhile (TLS
+    handshakes in progress in a retiring worker are finished, never cut)."""
+    app = install_fastapp(tmp_path, "v1")
+    pair = ca.issue("server", 1001)
+    port = free_port()
+    master = masters(app, "--bind", f"127.0.0.1:{port}", "--workers", "2", "--certfile",
+                     str(pair.cert), "--keyfile", str(pair.key), "--watch-window", "0.5",
+                     "--graceful-timeout", "4", cwd=tmp_path)
+    clients = [ClientSpec(f"tls-keepalive-{i}") for i in range(3)]
+    clients += [ClientSpec(f"tls-close-{i}", keepalive=False) for i in range(3)]
+    clients += [ClientSpec("tls-slow-0", kind="slow"), ClientSpec("tls-pauser-0", kind="pauser")]
+    load = LoadGenerator(f"https://127.0.0.1:{port}", None, clients, max_seconds=120,
+                         verify=str(ca.ca))
+    with load:
+        wait_for(lambda: len(load.records) >= 20, 20, what="load to start")
+        for n, serial in ((2, 2002), (3, 3003)):
+            renewed = ca.issue(f"renewed{serial}", serial)
+            shutil.copy(renewed.cert, pair.cert)
+            shutil.copy(renewed.key, pair.key)
+            install_fastapp(tmp_path, f"v{n}")
+            run = run_upgrade_tool("cli", master.pidfile, timeout=30)
+            assert run.returncode == 0, run.explain() + master.log()[-3000:]
+            master.extra_pids.add(master.current_pid())
+            assert served_serial(port, ca) == serial
+            settle = time.monotonic()
+            wait_for(lambda: load.finished_since(settle) >= 20, 20,  # noqa: B023
+                     what="load after the upgrade")
+    summary = load.summary()
+    print("ASGI TLS upgrades under load:", summary)
+    assert not load.crashed, load.crashed
+    assert summary["failures"] == 0, failure_report(load.records) + master.log()[-4000:]
+    assert summary["requests"] >= 100
+    assert {r.version for r in load.records} >= {"v1", "v3"}
+
+
+@pytest.mark.timeout(120)
+def test_workers_retiring_at_max_requests_finish_handshakes_in_progress(masters, tmp_path,
+                                                                        ca) -> None:
+    """--max-requests retires workers while they accept (no park first): a connection
+    still in its TLS handshake at that moment is finished by the retiring worker, so new
+    TLS connections never fail while workers come and go."""
+    app = install_fastapp(tmp_path, "v1")
+    pair = ca.issue("server", 1001)
+    port = free_port()
+    masters(app, "--bind", f"127.0.0.1:{port}", "--workers", "2", "--certfile", str(pair.cert),
+            "--keyfile", str(pair.key), "--max-requests", "25", "--graceful-timeout", "4",
+            cwd=tmp_path)
+    clients = [ClientSpec(f"tls-close-{i}", keepalive=False) for i in range(6)]
+    load = LoadGenerator(f"https://127.0.0.1:{port}", None, clients, max_seconds=60,
+                         max_requests=120, think=0.0, verify=str(ca.ca))
+    with load:
+        wait_for(lambda: len(load.records) >= 600, 90, what="600 requests")
+    summary = load.summary()
+    print("ASGI TLS under --max-requests:", summary)
+    assert not load.crashed, load.crashed
+    assert summary["failures"] == 0, failure_report(load.records)
+    assert len({r.worker for r in load.records}) >= 10  # workers did retire and come back
