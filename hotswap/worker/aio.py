@@ -7,13 +7,17 @@ the master kills the worker after --timeout, as for a stuck WSGI worker), `E<rea
 a failed boot (an import error or a failed lifespan startup), `R` at --max-requests, `P`
 once parked and holding no HTTP request. Signals: WINCH parks, HUP resumes, TERM retires
 gracefully within --graceful-timeout (lifespan shutdown last), QUIT and INT leave at once,
-USR1 reopens the logs. A worker whose master dies retires as on TERM.
+USR1 reopens the logs. A worker whose master dies retires as on TERM. Hooks of a config
+file (hotswap.hooks) as in the WSGI worker: post_worker_init after the lifespan startup,
+pre_request/post_request around each HTTP request (asgi_http.Cycle), worker_int on
+QUIT/INT; worker_abort and worker_exit are process.py's.
 
 Accepting: each listening socket is served on a *duplicate* of its fd (uvloop's
-`create_server`, or `Acceptor` on asyncio's own loop, which would otherwise reset a
-connection accepted just before the server closed), so stopping to accept (park, retire)
-closes only the duplicate: the listener itself (same fd number, inherited across
-upgrades) stays open for a later resume.
+`create_server`, or `aio_accept.Acceptor` on asyncio's own loop, which would otherwise reset
+a connection accepted just before the server closed, and on any loop for a listener with
+TLS or the PROXY protocol), so stopping to accept (park, retire) closes only the duplicate:
+the listener itself (same fd number, inherited across upgrades) stays open for a later
+resume.
 
 Long-lived connections (WebSockets, and responses already streaming with the whole
 request read) never hold a request the next generation could take:
@@ -47,6 +51,7 @@ from ..http import response as resp
 from ..http.exchange import SENDING
 from ..http.forwarded import TrustedProxies
 from ..http.request import Limits
+from .aio_accept import Acceptor, Entry
 from .asgi_http import HttpProtocol, Site
 from .healthcheck import check_asgi_app
 from .lifespan import Lifespan
@@ -124,7 +129,13 @@ class AsgiWorker:
             log_debug=self.log.debug,
             request_limit=self.max_requests,
             on_limit=self._request_limit,
+            hooks=self.booting.hooks.requests(),
         )
+        # TLS context and --proxy-allow-from per shared listener, as process.Worker read
+        # them at boot (the certificate files read anew by every worker: a renewed
+        # certificate is served by the next generation)
+        self.entries = {fd: Entry(tls, proxies, self.cfg.timeout)
+                        for fd, (tls, proxies) in self.booting.preambles.items()}
         self.lifespan = Lifespan(self.app, self.site.state, self.log)
         failure = await self.lifespan.startup()
         if failure is None and self.cfg.health_path:
@@ -133,6 +144,7 @@ class AsgiWorker:
             self.log.error("%s", failure)
             self._tell(b"E" + " ".join(failure.split()).encode("utf-8", "replace") + b"\n")
             return self.boot_failed
+        self.booting.hooks.post_worker_init()  # after the lifespan startup, before accepting
         self.done = self.loop.create_future()  # before the handlers: QUIT resolves it
         self._install_signals()
         self.park_wanted = self.booting.park_wanted  # a WINCH or HUP during the startup
@@ -156,8 +168,8 @@ class AsgiWorker:
     def _install_signals(self) -> None:
         loop = self.loop
         loop.add_signal_handler(signal.SIGTERM, self._on_term)
-        loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
-        loop.add_signal_handler(signal.SIGINT, self._on_quit)
+        loop.add_signal_handler(signal.SIGQUIT, self._on_quit, signal.SIGQUIT)
+        loop.add_signal_handler(signal.SIGINT, self._on_quit, signal.SIGINT)
         loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
         loop.add_signal_handler(signal.SIGWINCH, self._on_winch)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
@@ -167,7 +179,8 @@ class AsgiWorker:
             self._leave_by_deadline()
         self._begin_stop()
 
-    def _on_quit(self) -> None:
+    def _on_quit(self, signum: int) -> None:
+        self.booting.hooks.worker_int(signum)
         self.fast = True
         self._finish(0)
 
@@ -249,16 +262,18 @@ class AsgiWorker:
 
     async def _serve(self, listener: Listener) -> Any:
         sock = listener.sock.dup()
+        entry = self.entries.get(listener.fd)
+        if entry is not None or not self.uvloop:
+            return Acceptor(self.loop, sock, self._protocol, self.accepting, self.log, entry)
         factory = self._protocol
-        if not self.uvloop:
-            return Acceptor(self.loop, sock, factory, self.accepting, self.log)
         if sock.family == socket.AF_UNIX:
             return await self.loop.create_unix_server(factory, sock=sock,
                                                       backlog=self.cfg.backlog)
         return await self.loop.create_server(factory, sock=sock, backlog=self.cfg.backlog)
 
-    def _protocol(self) -> HttpProtocol:
-        return HttpProtocol(self.site)
+    def _protocol(self, client: tuple[str, int] | None = None) -> HttpProtocol:
+        """`client`: the address a PROXY header named (None: the peer's own)."""
+        return HttpProtocol(self.site, client)
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -354,59 +369,6 @@ class AsgiWorker:
             return True
         except OSError:
             return False
-
-
-class Acceptor:
-    """Accepting for asyncio's own loop, instead of `loop.create_server`.
-
-    asyncio accepts, then sets the connection up in a task; a server closed in between (a
-    worker parking or retiring) fails that set-up on an assertion and the connection is
-    dropped with a reset (CPython 3.11's `Server._attach`). Accepting here and handing each
-    connection to `connect_accepted_socket` has no such window; the tasks still running are
-    in `pending`, so a retiring worker never leaves before they are connections. (uvloop
-    sets a connection up within the accept itself: its own servers are used there.)
-    """
-
-    BATCH = 64  # connections taken per wake-up, so one worker does not hog a burst
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Any,
-                 pending: set[asyncio.Task[Any]], log: Any) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.factory = factory
-        self.pending = pending
-        self.log = log
-        sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._accept)
-
-    def _accept(self) -> None:
-        for _ in range(self.BATCH):
-            try:
-                conn, _addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:  # out of fds: let other workers take it for a while
-                self.log.error("accept on %s failed: %s", self.sock.getsockname(), exc)
-                self.loop.remove_reader(self.sock.fileno())
-                self.loop.call_later(0.5, self._again)
-                return
-            conn.setblocking(False)
-            task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
-            self.pending.add(task)
-            task.add_done_callback(self._set_up)
-
-    def _set_up(self, task: asyncio.Task[Any]) -> None:
-        self.pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.debug("connection not set up: %s", task.exception())
-
-    def _again(self) -> None:
-        if self.sock.fileno() >= 0:
-            self.loop.add_reader(self.sock.fileno(), self._accept)
-
-    def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
 
 
 def _end_stream(conn: HttpProtocol) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..hooks import NO_REQUEST_HOOKS, RequestHooks
 from ..http import response as resp
 from ..http.exchange import DONE, IDLE, SENDING, STARTED, Exchange
 from ..http.forwarded import TrustedProxies
@@ -65,6 +66,7 @@ class Site:
     log_debug: Callable[..., None] = lambda *args, **kwargs: None
     request_limit: int = 0  # --max-requests (with its jitter): on_limit is called when reached
     on_limit: Callable[[], None] = lambda: None
+    hooks: RequestHooks = NO_REQUEST_HOOKS  # pre_request / post_request (hotswap.hooks)
 
     def count_request(self) -> None:
         """Counted as each request starts, so the limit is seen at once: a busy worker
@@ -77,13 +79,16 @@ class Site:
 class HttpProtocol(asyncio.Protocol):
     """One client connection: parse, run one Cycle at a time, keep alive or close."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, client: tuple[str, int] | None = None) -> None:
+        """`client`: the address a PROXY header named, kept instead of the peer's."""
         self.site = site
         self.loop = asyncio.get_running_loop()
         self.parser = RequestParser(site.limits)
         self.transport: asyncio.Transport | None = None
         self.server: tuple[str, int] | None = None
-        self.client: tuple[str, int] | None = None
+        self.client: tuple[str, int] | None = client
+        self.proxied = client is not None
+        self.tls = False  # the transport is TLS: scheme https / wss
         self.cycle: Cycle | None = None
         self.ws: Any = None  # a websocket.Session once upgraded
         self.discarding: Request | None = None  # body left unread by an app that returned
@@ -105,8 +110,9 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(sockname, tuple):
             self.server = (str(sockname[0]), int(sockname[1]))
-        if isinstance(peer, tuple):
+        if isinstance(peer, tuple) and not self.proxied:
             self.client = (str(peer[0]), int(peer[1]))
+        self.tls = transport.get_extra_info("ssl_object") is not None
         self.site.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -363,6 +369,7 @@ class Cycle:
         site = self.site
         site.count_request()
         keep = False
+        hooked = site.hooks.pre_request(self.req, self._hook_environ())
         try:
             await site.app(self.scope, self.receive, self.send)
         except Exception as exc:
@@ -381,8 +388,18 @@ class Cycle:
                                self.req.method, self.req.target.decode("latin-1"))
         finally:
             self.response_done = True
+            site.hooks.post_request(hooked, self.scope, self.exchange)
             self._log()
             self.proto.cycle_done(keep)
+
+    def _hook_environ(self) -> dict[str, str]:
+        """What pre_request's Req view reads (path, query, client address): a few keys in
+        WSGI's names, since the view is the same for both kinds of app. post_request gets
+        the scope itself as its `environ` argument (an ASGI app's equivalent)."""
+        scope = self.scope
+        client = scope.get("client")
+        return {"PATH_INFO": scope["path"], "QUERY_STRING": scope["query_string"].decode("latin-1"),
+                "REMOTE_ADDR": client[0] if client else ""}
 
     # -- receive ----------------------------------------------------------------------
 

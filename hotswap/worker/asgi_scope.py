@@ -55,13 +55,15 @@ def _values(req: Request, name: str) -> list[str]:
 
 
 def _forwarded(site: Site, proto: HttpProtocol, req: Request) -> tuple[str, tuple[str, int] | None]:
-    """X-Forwarded-Proto/-For, believed as for WSGI (hotswap.http.forwarded)."""
+    """X-Forwarded-Proto/-For, believed as for WSGI (hotswap.http.forwarded); "https" on a
+    TLS connection unless a trusted proxy says otherwise."""
     client = proto.client
+    scheme = "https" if proto.tls else "http"
     proto_value = req.header("x-forwarded-proto")
     chain = req.header("x-forwarded-for")
     if not proto_value and not chain:
-        return "http", client
-    environ = {"wsgi.url_scheme": "http", "REMOTE_ADDR": client[0] if client else ""}
+        return scheme, client
+    environ = {"wsgi.url_scheme": scheme, "REMOTE_ADDR": client[0] if client else ""}
     if proto_value:
         environ["HTTP_X_FORWARDED_PROTO"] = proto_value
     if chain:

@@ -145,8 +145,6 @@ class Worker:
             self.preambles = self._preambles()
             app = self.spec.app or load_app(self.cfg.app)
             kind, app = resolve_interface(app, self.cfg.interface, self.cfg.app)
-            if kind == "asgi":
-                _refuse_unsupported_for_asgi(self.cfg)
         except StartupError as exc:
             self._tell(b"E" + _one_line(str(exc)) + b"\n")
             return BOOT_FAILED
@@ -729,10 +727,3 @@ def _server_address(listener: Listener) -> tuple[str, str]:
         return str(name[0]), str(name[1])
     return "localhost", "80"
 
-
-def _refuse_unsupported_for_asgi(cfg: Config) -> None:
-    """Options the ASGI worker does not implement yet: refusing is safer than serving
-    plain HTTP to an operator who asked for TLS, or taking a PROXY header for a request."""
-    for option, value in (("--certfile", cfg.certfile), ("--proxy-protocol", cfg.proxy_protocol)):
-        if value:
-            raise StartupError(f"{option} is not supported for ASGI apps yet")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from certs import TestCA
 from support import free_port, http_raw, wait_for, write_app
 
 APP = '''
@@ -40,18 +39,3 @@ def test_a_websocket_request_without_the_package_is_served_as_http(masters, tmp_
     assert again.startswith(b"HTTP/1.1 200 "), "the worker lives on"
     assert m.log().count("the websockets package is not installed") == 1
 
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("option", ["--certfile", "--proxy-protocol"])
-def test_options_the_asgi_worker_lacks_stop_the_start_with_one_line(masters, tmp_path: Path,
-                                                                    option: str) -> None:
-    write_app(tmp_path, "wsapp", APP)
-    if option == "--certfile":
-        pair = TestCA(tmp_path / "pki").issue("server", 1001)
-        args = ["--certfile", str(pair.cert), "--keyfile", str(pair.key)]
-    else:
-        args = [option]
-    m = masters("wsapp:app", "--bind", f"127.0.0.1:{free_port()}", "--workers", "1", *args,
-                cwd=tmp_path, ready=False)
-    assert m.wait_exit(30) == 1
-    assert f"{option} is not supported for ASGI apps yet" in m.log()
