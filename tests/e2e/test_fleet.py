@@ -119,11 +119,15 @@ class Host:
         write_app(folder, "app", release_source(version, prelude))
         return folder
 
+    def release(self, version: str) -> Path:
+        return (self.releases / version).resolve()
+
     def master_pid(self) -> int:
         return int(self.pidfile.read_text().strip())
 
-    def link(self, which: Path) -> str:
-        return os.readlink(which)
+    def link(self, which: Path) -> Path:
+        """The folder a link names (links may be relative, as the first one is)."""
+        return (self.root / os.readlink(which)).resolve()
 
     def serving(self) -> tuple[str, int]:
         """(release, master pid) of a fresh request straight to this host."""
@@ -191,8 +195,10 @@ class Fleet:
     def __init__(self, tmp: Path, masters: MasterFactory) -> None:
         self.tmp = tmp
         self.hosts = [Host(tmp, name) for name in HOSTS]
+        self.plays = 0
         for host in self.hosts:
-            host.current.symlink_to(host.add_release("v1"))
+            host.add_release("v1")
+            host.current.symlink_to("releases/v1")  # relative, as many deploy tools make it
             masters("app:app", "--chdir", str(host.current), "--bind", f"127.0.0.1:{host.port}",
                     "--pidfile", str(host.pidfile), "--workers", "2", "--watch-window", "1",
                     "--name", host.name, cwd=host.root)
@@ -253,7 +259,8 @@ class Fleet:
         except subprocess.TimeoutExpired as exc:
             raise AssertionError(f"{playbook} still running after {exc.timeout:g} s:\n"
                                  f"{exc.stdout}") from None
-        (self.tmp / f"play-{playbook}.log").write_text(done.stdout + done.stderr)
+        self.plays += 1
+        (self.tmp / f"play-{self.plays}-{playbook}.log").write_text(done.stdout + done.stderr)
         return done
 
     def upgrade_to(self, version: str, **extra: object) -> subprocess.CompletedProcess[str]:
@@ -308,8 +315,8 @@ def test_rolling_upgrade_then_rollback_under_load(fleet: Fleet) -> None:
             version, master = host.serving()
             assert version == "v2", f"{host.name} serves {version}"
             assert master == host.master_pid() != v1_masters[host.name], host.name
-            assert host.link(host.current) == str(host.releases / "v2")
-            assert host.link(host.previous) == str(host.releases / "v1")
+            assert host.link(host.current) == host.release("v2")
+            assert host.link(host.previous) == host.release("v1")
         assert fleet.lb.all_up(), fleet.lb.statuses()
         v2_masters = {h.name: h.master_pid() for h in fleet.hosts}
         # The clients were answered by all three hosts on v1, then on v2, through HAProxy.
@@ -324,8 +331,8 @@ def test_rolling_upgrade_then_rollback_under_load(fleet: Fleet) -> None:
             version, master = host.serving()
             assert version == "v1", f"{host.name} serves {version}"
             assert master == host.master_pid() != v2_masters[host.name], host.name
-            assert host.link(host.current) == str(host.releases / "v1")
-            assert host.link(host.previous) == str(host.releases / "v2")
+            assert host.link(host.current) == host.release("v1")
+            assert host.link(host.previous) == host.release("v2")
         assert fleet.lb.all_up(), fleet.lb.statuses()
         wait_for(lambda: len({pid for v, pid in _served_under_load(load) if v == "v1"}) == 6, 15,
                  what="the load to reach every rolled-back host")
@@ -348,7 +355,7 @@ def test_a_failing_host_stops_the_rollout_on_its_old_release(fleet: Fleet) -> No
         assert "v2 is broken at import" in done.stdout, _explain(done)
         _assert_stopped_at_web1(fleet, done)
         assert web1.serving() == ("v1", before["web1"]), "web1 is back on v1 under the same master"
-        assert web1.link(web1.current) == str(web1.releases / "v1"), "the link was switched back"
+        assert web1.link(web1.current) == web1.release("v1"), "the link was switched back"
 
         # v3 boots and commits, but its health URL says 503: the role upgrades web1 back.
         done = fleet.upgrade_to("v3")
@@ -357,11 +364,11 @@ def test_a_failing_host_stops_the_rollout_on_its_old_release(fleet: Fleet) -> No
         _assert_stopped_at_web1(fleet, done)
         version, master = web1.serving()
         assert version == "v1" and master == web1.master_pid() != before["web1"]
-        assert web1.link(web1.current) == str(web1.releases / "v1")
+        assert web1.link(web1.current) == web1.release("v1")
 
         for host in others:  # untouched: same master, same release, same link
             assert host.serving() == ("v1", before[host.name]), host.name
-            assert host.link(host.current) == str(host.releases / "v1")
+            assert host.link(host.current) == host.release("v1")
             assert not host.previous.exists()
         assert fleet.lb.all_up(), fleet.lb.statuses()
     _check_load(load)
