@@ -298,6 +298,7 @@ def _served_under_load(load: LoadGenerator) -> set[tuple[str | None, int | None]
 
 def _check_load(load: LoadGenerator) -> None:
     load.stop()
+    print("load through HAProxy:", json.dumps(load.summary()))  # shown with -rP
     assert not load.crashed, load.crashed
     assert load.records, "the load sent nothing"
     assert not load.failures(), failure_report(load.records)
