@@ -24,7 +24,9 @@ if [ -n "$missing" ]; then
 fi
 # The role's HAProxy module is in community.general, not in ansible-core (the test extra):
 # from Galaxy when it answers, else from PyPI's `ansible`, which bundles it (~470 MB).
-if ! ansible-doc -t module community.general.haproxy >/dev/null 2>&1; then
+# (ansible-doc exits 0 for a module it cannot find; its JSON is then empty.)
+if ! ansible-doc --json -t module community.general.haproxy 2>/dev/null \
+        | grep -q '"community.general.haproxy"'; then
     timeout 120 ansible-galaxy collection install community.general >/dev/null 2>&1 \
         || python3 -m pip install --quiet --disable-pip-version-check ansible
 fi

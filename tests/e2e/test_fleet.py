@@ -205,7 +205,11 @@ class Fleet:
         self.bin = self._hotswap_bin()
         self.inventory = self._inventory()
         self.lb = HAProxy(tmp, self.hosts)
-        wait_for(self.lb.all_up, 15, what=f"HAProxy to see every backend UP; log:\n{self.lb_log()}")
+        try:
+            wait_for(self.lb.all_up, 15, what="HAProxy to see every backend UP")
+        except AssertionError as exc:
+            self.lb.stop()
+            raise AssertionError(f"{exc}; HAProxy's log:\n{self.lb_log()}") from None
 
     def lb_log(self) -> str:
         return (self.tmp / "haproxy.log").read_text(errors="replace")[-3000:]
@@ -253,15 +257,18 @@ class Fleet:
         argv = [str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory), str(PLAYBOOKS / playbook)]
         if extra:
             argv += ["-e", json.dumps(extra)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, cwd=self.tmp, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=self.tmp,
-                                  timeout=150, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"{playbook} still running after {exc.timeout:g} s:\n"
-                                 f"{exc.stdout}") from None
+            out, err = proc.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # ansible-playbook and the modules it runs
+            out, err = proc.communicate(timeout=10)
+            raise AssertionError(f"{playbook} still running after 150 s:\n{out[-6000:]}") from None
         self.plays += 1
-        (self.tmp / f"play-{self.plays}-{playbook}.log").write_text(done.stdout + done.stderr)
-        return done
+        (self.tmp / f"play-{self.plays}-{playbook}.log").write_text(out + err)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
     def upgrade_to(self, version: str, **extra: object) -> subprocess.CompletedProcess[str]:
         return self.play("rolling-upgrade.yml", release_dir="{{ app_root }}/releases/" + version,
