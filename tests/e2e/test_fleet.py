@@ -173,10 +173,13 @@ class HAProxy:
                 if r["pxname"] == BACKEND and r["svname"] in self.names}
 
     def all_up(self) -> bool:
+        """Every server enabled and UP ("UP 1/3": up, its check counter still climbing after
+        it left maintenance), none in MAINT, DRAIN or DOWN."""
         try:
-            return set(self.statuses().values()) == {"UP"} and len(self.statuses()) == len(self.names)
+            statuses = self.statuses()
         except OSError:
             return False
+        return len(statuses) == len(self.names) and all(s.startswith("UP") for s in statuses.values())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
