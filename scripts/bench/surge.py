@@ -89,21 +89,23 @@ def measure(label: str, flavor: Flavor, extra: list[str], upgrades: int, work: P
     title = "gunicorn:" if flavor.kind == "gunicorn" else "hotswap:"
     peak = Peak(title)
     steady_workers, steady_rss = _steady(peak)
-    load = Load(server.target(False), work / f"{label}.load.json", threads=4, close=False,
-                interval=0.002, max_seconds=300)
     stop = threading.Event()
     sampler = threading.Thread(target=_sampler, args=(peak, stop), daemon=True)
-    sampler.start()
     results = []
+    load = None
     try:
+        load = Load(server.target(False), work / f"{label}.load.json", threads=4, close=False,
+                    interval=0.002, max_seconds=300)
+        sampler.start()
         for _ in range(upgrades):
             results.append(server.upgrade())
             time.sleep(0.5)
     finally:
         stop.set()
-        sampler.join(5)
-        rows = load.stop()
-        server.stop()
+        if sampler.is_alive():
+            sampler.join(5)
+        rows = load.stop() if load is not None else {"kind": []}
+        server.stop()  # even when the load generator could not start
     kinds = rows["kind"]
     failed = sum(1 for kind in kinds if kind != "ok")
     return {
