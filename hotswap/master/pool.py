@@ -76,6 +76,7 @@ class WorkerPool:
         handle = self.handles.pop(pid, None)
         if handle is not None:
             self.wakeups.remove(handle.fd)
+            _last_words(handle)
             os.close(handle.fd)
         return handle
 
@@ -202,6 +203,19 @@ class WorkerPool:
     def close_in_child(self) -> None:
         for handle in self.handles.values():
             os.close(handle.fd)
+
+
+def _last_words(handle: WorkerHandle) -> None:
+    """What an exited worker wrote that the loop has not read yet: reaping can come first,
+    and a boot error's line (`E<reason>`) is the reason an upgrade or a start reports."""
+    while True:
+        try:
+            data = os.read(handle.fd, 4096)
+        except OSError:  # BlockingIOError: a grandchild still holds the write end
+            return
+        if not data:
+            return
+        handle.feed(data, time.monotonic())
 
 
 def _signal(pid: int, sig: int) -> None:
