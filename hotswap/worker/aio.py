@@ -55,6 +55,7 @@ from .aio_accept import Acceptor, Entry
 from .asgi_http import HttpProtocol, Site
 from .healthcheck import check_asgi_app
 from .lifespan import Lifespan
+from .process import tell_master
 
 HOUSEKEEPING = 0.25
 DRAIN_LEAD_MAX = 1.0  # 1001 Going Away this long before the drain deadline (at most)
@@ -362,13 +363,7 @@ class AsgiWorker:
     # -- master channel ---------------------------------------------------------------
 
     def _tell(self, message: bytes) -> bool:
-        try:
-            os.write(self.spec.status_fd, message)
-            return True
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
+        return tell_master(self.spec.status_fd, message)
 
 
 def _end_stream(conn: HttpProtocol) -> None:

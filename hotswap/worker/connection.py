@@ -104,6 +104,10 @@ class Connection:
             return not wait  # with wait, EAGAIN means the receive timeout ran out
         except OSError:
             return False
+        return self._took(data)
+
+    def _took(self, data: bytes) -> bool:
+        """Feed what a receive got; False on end of stream."""
         if not data:
             return False
         self.last_active = time.monotonic()
@@ -132,13 +136,7 @@ class Connection:
             if not wait:
                 sock.settimeout(self.io_timeout)
                 self.sndtimeo = self.io_timeout
-        if not data:
-            return False
-        self.last_active = time.monotonic()
-        if self.head_started is None:
-            self.head_started = self.last_active
-        self.parser.feed(data)
-        return True
+        return self._took(data)
 
     def waiting(self) -> bool:
         """True when the client has sent bytes we have not read yet (or has hung up)."""

@@ -688,14 +688,7 @@ class Worker:
     # -- master channel ---------------------------------------------------------------
 
     def _tell(self, message: bytes) -> bool:
-        """Write to the master's pipe; False when the master has gone (EPIPE)."""
-        try:
-            os.write(self.spec.status_fd, message)
-            return True
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
+        return tell_master(self.spec.status_fd, message)
 
 
 def _io_timeout(timeout: float) -> float:
@@ -727,3 +720,14 @@ def _server_address(listener: Listener) -> tuple[str, str]:
         return str(name[0]), str(name[1])
     return "localhost", "80"
 
+
+def tell_master(status_fd: int, message: bytes) -> bool:
+    """Write a status byte (or an `E` line) to the master's pipe; False when the master has
+    gone (EPIPE). A full pipe drops the message: the master reads heartbeats, not history."""
+    try:
+        os.write(status_fd, message)
+        return True
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
