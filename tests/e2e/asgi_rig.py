@@ -16,6 +16,21 @@ from support import REPO_ROOT, free_port, wait_for
 APP_SOURCE = REPO_ROOT / "tests" / "apps" / "fastapp.py"
 
 
+def shadow_env(folder: Path, package: str) -> dict[str, str]:
+    """The environment of a server that cannot import `package` (a shadow of it that fails
+    to import comes first on the path): uvloop, to run on asyncio's own loop; websockets,
+    to serve without it."""
+    shadow = folder / "shadow" / package
+    shadow.mkdir(parents=True, exist_ok=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not installed (test shadow)')\n")
+    return {"PYTHONPATH": str(folder / "shadow")}
+
+
+def loop_env(folder: Path, loop: str) -> dict[str, str]:
+    """The environment of a server on `loop`: "uvloop" (installed) or "asyncio"."""
+    return shadow_env(folder, "uvloop") if loop == "asyncio" else {}
+
+
 def install_fastapp(folder: Path, version: str | None = None) -> str:
     """Copy the FastAPI app next to the server; with `version`, an app.py that builds that
     version (rewritten for an upgrade). Returns the APP spec to serve."""

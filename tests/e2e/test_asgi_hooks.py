@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from asgi_rig import loop_env
 from support import MasterFactory, free_port, get, wait_for, workers_of, write_app
 from websockets.sync.client import connect
 
@@ -134,16 +135,12 @@ def test_asgi_worker_hooks_in_order(masters: MasterFactory, tmp_path: Path) -> N
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_a_blocked_asgi_worker_gets_sigabrt_and_its_worker_abort_hook_runs(
         masters: MasterFactory, tmp_path: Path, loop: str) -> None:
-    if loop == "asyncio":
-        shadow = tmp_path / "shadow" / "uvloop"
-        shadow.mkdir(parents=True)
-        (shadow / "__init__.py").write_text("raise ImportError('not installed (test shadow)')\n")
     out = tmp_path / "hooks.out"
     conf = tmp_path / "hooks.conf.py"
     conf.write_text(HOOKS.format(out=str(out)))
     write_app(tmp_path, "hookapp", APP.format(out=str(out)))
     port = free_port()
-    env = {"PYTHONPATH": str(tmp_path / "shadow")} if loop == "asyncio" else {}
+    env = loop_env(tmp_path, loop)
     m = masters("hookapp:app", "--config", str(conf), "--bind", f"127.0.0.1:{port}",
                 "--workers", "1", "--timeout", "2", cwd=tmp_path, env=env)
     [hung] = workers_of(m.pid)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from asgi_rig import shadow_env
 from support import free_port, http_raw, wait_for, write_app
 
 APP = '''
@@ -24,13 +25,10 @@ HANDSHAKE = (b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection
 
 @pytest.mark.timeout(60)
 def test_a_websocket_request_without_the_package_is_served_as_http(masters, tmp_path: Path) -> None:
-    shadow = tmp_path / "shadow" / "websockets"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("raise ImportError('not installed (test shadow)')\n")
     write_app(tmp_path, "wsapp", APP)
     port = free_port()
     m = masters("wsapp:app", "--bind", f"127.0.0.1:{port}", "--workers", "1", cwd=tmp_path,
-                env={"PYTHONPATH": str(tmp_path / "shadow")})
+                env=shadow_env(tmp_path, "websockets"))
     answer = http_raw(port, HANDSHAKE)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert answer.endswith(b"http scope, upgrade=websocket"), answer[-200:]

@@ -11,9 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
+from asgi_rig import loop_env
 from certs import TestCA
 from support import free_port, has_ipv6_loopback, http_raw, wait_for, write_app
-from test_proxy_protocol import GET, V1_TCP4, V1_TCP6, V2_LOCAL, V2_NLB, V2_SIGNATURE, V2_TCP4, V2_TCP6
+from test_proxy_protocol import (
+    GET,
+    REFUSED,
+    V1_TCP4,
+    V1_TCP6,
+    V2_LOCAL,
+    V2_NLB,
+    V2_TCP4,
+    V2_TCP6,
+)
 
 APP = '''
 import json
@@ -41,12 +51,7 @@ LOOPS = ["uvloop", "asyncio"]
 
 def start(masters, tmp_path: Path, *args: str, loop: str = "uvloop", host: str = "127.0.0.1"):
     write_app(tmp_path, "proxyapp", APP)
-    env = {}
-    if loop == "asyncio":  # a shadow package that fails to import: asyncio's own loop
-        shadow = tmp_path / "shadow" / "uvloop"
-        shadow.mkdir(parents=True)
-        (shadow / "__init__.py").write_text("raise ImportError('not installed (test shadow)')\n")
-        env["PYTHONPATH"] = str(tmp_path / "shadow")
+    env = loop_env(tmp_path, loop)
     port = free_port(host)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     master = masters("proxyapp:app", "--bind", bind, "--workers", "1", "--proxy-protocol", *args,
@@ -136,16 +141,7 @@ def test_missing_malformed_or_oversized_headers_close_the_connection(masters, tm
     """From an allowed peer the header is required; anything else is closed unanswered,
     and the one worker goes on serving."""
     master, port = start(masters, tmp_path, loop=loop)
-    refused = [
-        GET,  # no header
-        b"PROXY TCP4 999.0.0.1 192.168.0.11 56324 443\r\n" + GET,
-        b"PROXY TCP4 192.168.0.1 192.168.0.11 56324\r\n" + GET,
-        b"PROXY UNKNOWN " + b"x" * 120 + b"\r\n" + GET,  # longer than 107 bytes
-        V2_SIGNATURE + b"\x21\x11\xff\xff" + bytes(64),  # 65535 bytes announced
-        V2_SIGNATURE + b"\x11\x11\x00\x0c" + bytes(12) + GET,  # version 1 in a v2 header
-        V2_SIGNATURE + b"\x21\x11\x00\x08" + bytes(8) + GET,  # too short for its addresses
-    ]
-    for data in refused:
+    for data in REFUSED:
         assert ask(port, data) is None, data
         assert ask(port, V1_TCP4 + GET) is not None  # the worker lives on
     log = master.log()

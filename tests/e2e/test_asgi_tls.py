@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from asgi_rig import install_fastapp
+from asgi_rig import install_fastapp, loop_env
 from certs import TestCA
 from load import ClientSpec, LoadGenerator, failure_report, run_upgrade_tool
 from support import free_port, wait_for, write_app
+from test_tls import assert_stalled_clients_never_block
 from websockets.sync.client import connect
 
 APP = '''
@@ -65,12 +66,7 @@ def ca(tmp_path: Path) -> TestCA:
 def start_tls(masters, tmp_path: Path, ca: TestCA, loop: str, *args: str, serial: int = 1001):
     """A master serving APP over TLS on `loop`; returns (master, base URL, port, pair)."""
     write_app(tmp_path, "tlsapp", APP)
-    env = {}
-    if loop == "asyncio":  # a shadow package that fails to import: asyncio's own loop
-        shadow = tmp_path / "shadow" / "uvloop"
-        shadow.mkdir(parents=True)
-        (shadow / "__init__.py").write_text("raise ImportError('not installed (test shadow)')\n")
-        env["PYTHONPATH"] = str(tmp_path / "shadow")
+    env = loop_env(tmp_path, loop)
     pair = ca.issue("server", serial)
     port = free_port()
     master = masters("tlsapp:app", "--bind", f"127.0.0.1:{port}", "--certfile", str(pair.cert),
@@ -116,24 +112,7 @@ def test_plain_http_and_stalled_handshakes_never_block_the_worker(masters, tmp_p
     hold it (--timeout 30 s is far beyond the client's 5 s)."""
     master, base, port, _ = start_tls(masters, tmp_path, ca, loop, "--workers", "1",
                                       "--timeout", "30")
-    stalled = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
-    try:
-        stalled[1].sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # half a ClientHello
-        stalled[2].sendall(b"\x16")
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
-            plain.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert plain.recv(1024) == b""  # closed, no answer in clear text
-        for _ in range(3):
-            assert requests.get(f"{base}/echo", verify=str(ca.ca), timeout=5).status_code == 200
-        for sock in stalled:  # still open: nothing was closed to make room
-            sock.setblocking(False)
-            with pytest.raises(BlockingIOError):
-                sock.recv(1)
-    finally:
-        for sock in stalled:
-            sock.close()
-    wait_for(lambda: "plain HTTP sent to a TLS port" in master.log(), 10, what="the log line")
-    assert "Traceback" not in master.log()
+    assert_stalled_clients_never_block(master, base, port, ca, 3)
 
 
 @pytest.mark.timeout(60)

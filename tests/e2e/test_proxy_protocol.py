@@ -57,6 +57,19 @@ def ask(port: int, data: bytes) -> dict | None:
     return json.loads(body)
 
 
+# From an allowed peer, each of these is closed unanswered: no header, a bad v1 address, a
+# v1 line without its port, a v1 line past 107 bytes, a v2 header announcing 65535 bytes,
+# version 1 in a v2 header, a v2 header too short for its addresses.
+REFUSED = [
+    GET,
+    b"PROXY TCP4 999.0.0.1 192.168.0.11 56324 443\r\n" + GET,
+    b"PROXY TCP4 192.168.0.1 192.168.0.11 56324\r\n" + GET,
+    b"PROXY UNKNOWN " + b"x" * 120 + b"\r\n" + GET,
+    V2_SIGNATURE + b"\x21\x11\xff\xff" + bytes(64),
+    V2_SIGNATURE + b"\x11\x11\x00\x0c" + bytes(12) + GET,
+    V2_SIGNATURE + b"\x21\x11\x00\x08" + bytes(8) + GET,
+]
+
 @pytest.mark.timeout(60)
 def test_v1_and_v2_headers_set_remote_addr_and_the_access_log(masters, tmp_path) -> None:
     access = tmp_path / "access.log"
@@ -99,16 +112,7 @@ def test_missing_malformed_or_oversized_headers_close_the_connection(masters, tm
     """From an allowed peer the header is required; anything else is closed unanswered
     (as HAProxy's accept-proxy does), and the one worker goes on serving."""
     master, port = start(masters, tmp_path)
-    refused = [
-        GET,  # no header
-        b"PROXY TCP4 999.0.0.1 192.168.0.11 56324 443\r\n" + GET,
-        b"PROXY TCP4 192.168.0.1 192.168.0.11 56324\r\n" + GET,
-        b"PROXY UNKNOWN " + b"x" * 120 + b"\r\n" + GET,  # longer than 107 bytes
-        V2_SIGNATURE + b"\x21\x11\xff\xff" + bytes(64),  # 65535 bytes announced
-        V2_SIGNATURE + b"\x11\x11\x00\x0c" + bytes(12) + GET,  # version 1 in a v2 header
-        V2_SIGNATURE + b"\x21\x11\x00\x08" + bytes(8) + GET,  # too short for its addresses
-    ]
-    for data in refused:
+    for data in REFUSED:
         assert ask(port, data) is None, data
         assert ask(port, V1_TCP4 + GET) is not None  # the worker lives on
     log = master.log()

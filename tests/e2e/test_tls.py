@@ -69,6 +69,31 @@ def served_serial(port: int, ca: TestCA) -> int:
         return int(tls.getpeercert()["serialNumber"], 16)
 
 
+
+def assert_stalled_clients_never_block(master, base: str, port: int, ca: TestCA,
+                                       count: int) -> None:
+    """`count` clients that send nothing, half a ClientHello, a lone byte; one sending plain
+    HTTP: the next https requests are answered, and the stalled ones are still open."""
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+    try:
+        stalled[1].sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # half a ClientHello
+        stalled[2].sendall(b"\x16")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+            plain.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert plain.recv(1024) == b""  # closed, no answer in clear text
+        for _ in range(3):
+            response = requests.get(f"{base}/echo", verify=str(ca.ca), timeout=5)
+            assert response.status_code == 200
+        for sock in stalled:  # still open: nothing was closed to make room
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+    finally:
+        for sock in stalled:
+            sock.close()
+    wait_for(lambda: "plain HTTP sent to a TLS port" in master.log(), 10, what="the log line")
+    assert "Traceback" not in master.log()
+
 @pytest.mark.timeout(60)
 def test_requests_over_tls_verified_against_the_test_ca(masters, tmp_path, ca) -> None:
     _, base, port, _ = start_tls(masters, tmp_path, ca, "--workers", "1")
@@ -104,25 +129,7 @@ def test_plain_http_and_stalled_handshakes_never_block_the_worker(masters, tmp_p
     the client's 5 s, so a handshake that blocked the loop would fail it)."""
     master, base, port, _ = start_tls(masters, tmp_path, ca, "--workers", "1", "--threads", threads,
                                       "--timeout", "30")
-    stalled = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
-    try:
-        stalled[1].sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # half a ClientHello
-        stalled[2].sendall(b"\x16")
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
-            plain.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert plain.recv(1024) == b""  # closed, no answer in clear text
-        for _ in range(3):
-            response = requests.get(f"{base}/echo", verify=str(ca.ca), timeout=5)
-            assert response.status_code == 200
-        for sock in stalled:  # still open: nothing was closed to make room
-            sock.setblocking(False)
-            with pytest.raises(BlockingIOError):
-                sock.recv(1)
-    finally:
-        for sock in stalled:
-            sock.close()
-    wait_for(lambda: "plain HTTP sent to a TLS port" in master.log(), 10, what="the log line")
-    assert "Traceback" not in master.log()
+    assert_stalled_clients_never_block(master, base, port, ca, 4)
 
 
 @pytest.mark.timeout(60)
