@@ -130,6 +130,7 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     ("keepalive", -0.5, "keepalive must not be negative"),
     ("max_requests", -1, "max-requests must not be negative"),
     ("max_requests_jitter", -1, "max-requests-jitter must not be negative"),
+    ("upgrade_surge", -1, "upgrade-surge must not be negative"),
     ("upgrade_timeout", 0.0, "upgrade-timeout must be positive"),
     ("backlog", 0, "backlog must be at least 1"),
     ("limit_request_line", 0, "limit-request-line must be at least 1"),
